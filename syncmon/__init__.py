@@ -1,0 +1,24 @@
+"""syncmon: watch child processes from threaded Python, without polling and without pid races.
+
+One monitor thread blocks in epoll on a signalfd for SIGCHLD (and on pidfds);
+every :class:`ChildHandle` asks the kernel about its own child alone with
+``waitid(P_PIDFD / P_PID, WNOHANG)`` and sleeps on the monitor's condition.
+Nothing in syncmon ever reaps "any child", so a pid is never used after its
+process was reaped.  Importing syncmon starts no thread.
+"""
+
+from .child import CLD, ChildHandle, ChildState, ReapedElsewhere, UncleanExit, W
+from .monitor import Monitor, adopt, default_monitor, spawn
+
+__all__ = [
+    "CLD",
+    "ChildHandle",
+    "ChildState",
+    "Monitor",
+    "ReapedElsewhere",
+    "UncleanExit",
+    "W",
+    "adopt",
+    "default_monitor",
+    "spawn",
+]

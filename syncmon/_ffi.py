@@ -1,0 +1,140 @@
+"""The only place where syncmon calls C.
+
+Everything the standard library already wraps (``os.waitid``, ``select.epoll``,
+``signal.pthread_sigmask``, ``os.pidfd_open``, ``signal.pidfd_send_signal``)
+is used from the standard library.  What it does not wrap is declared here, in
+cffi's ABI mode, so that installing syncmon needs no C compiler:
+
+* ``signalfd`` and the ``sigset_t`` operations that build its mask;
+* ``sigaction``, read-only, to learn the *real* SIGCHLD disposition (Python's
+  ``signal.getsignal`` only knows what Python itself installed, not what a C
+  extension set);
+* ``posix_spawn`` with the glibc extensions Python does not expose:
+  ``addchdir_np`` (a working directory without forking by hand) and
+  ``addclosefrom_np`` (close every descriptor a careless library left
+  inheritable, as ``subprocess`` does with ``close_fds=True``);
+* ``ioctl(PIDFD_GET_INFO)``, which since Linux 6.15 tells the exit status of a
+  process that somebody else already reaped;
+* ``prctl`` and ``unshare`` for the stress harness.
+
+The structure layouts below are glibc's public ones for LP64 Linux (x86-64,
+aarch64); syncmon supports nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cffi
+
+ffi = cffi.FFI()
+ffi.cdef(
+    """
+    typedef struct { unsigned long __val[16]; } sigset_t;
+    int sigemptyset(sigset_t *set);
+    int sigaddset(sigset_t *set, int signum);
+    int sigismember(const sigset_t *set, int signum);
+
+    int signalfd(int fd, const sigset_t *mask, int flags);
+
+    struct sigaction {
+        void *sa_handler;
+        sigset_t sa_mask;
+        int sa_flags;
+        void *sa_restorer;
+    };
+    int sigaction(int signum, const struct sigaction *act, struct sigaction *oldact);
+
+    typedef struct {
+        int __allocated;
+        int __used;
+        void *__actions;
+        int __pad[16];
+    } posix_spawn_file_actions_t;
+    struct sched_param { int sched_priority; };
+    typedef struct {
+        short __flags;
+        int __pgrp;
+        sigset_t __sd;
+        sigset_t __ss;
+        struct sched_param __sp;
+        int __policy;
+        int __pad[16];
+    } posix_spawnattr_t;
+
+    int posix_spawn_file_actions_init(posix_spawn_file_actions_t *);
+    int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *);
+    int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *, int, int);
+    int posix_spawn_file_actions_addclose(posix_spawn_file_actions_t *, int);
+    int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *, int,
+                                         const char *, int, unsigned int);
+    int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *, const char *);
+    int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *, int);
+    int posix_spawnattr_init(posix_spawnattr_t *);
+    int posix_spawnattr_destroy(posix_spawnattr_t *);
+    int posix_spawnattr_setflags(posix_spawnattr_t *, short);
+    int posix_spawnattr_setsigmask(posix_spawnattr_t *, const sigset_t *);
+    int posix_spawnattr_setsigdefault(posix_spawnattr_t *, const sigset_t *);
+    int posix_spawnattr_setpgroup(posix_spawnattr_t *, int);
+    int posix_spawn(int *pid, const char *path,
+                    const posix_spawn_file_actions_t *file_actions,
+                    const posix_spawnattr_t *attrp,
+                    char *const argv[], char *const envp[]);
+
+    struct pidfd_info {
+        uint64_t mask;
+        uint64_t cgroupid;
+        uint32_t pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid;
+        int32_t exit_code;
+    };
+    int ioctl(int fd, unsigned long request, ...);
+
+    int prctl(int option, unsigned long arg2, unsigned long arg3,
+              unsigned long arg4, unsigned long arg5);
+    int unshare(int flags);
+    """
+)
+lib = ffi.dlopen(None)
+
+SFD_NONBLOCK = 0o4000
+SFD_CLOEXEC = 0o2000000
+SIG_IGN = 1
+SA_NOCLDWAIT = 2
+
+POSIX_SPAWN_SETPGROUP = 0x02
+POSIX_SPAWN_SETSIGDEF = 0x04
+POSIX_SPAWN_SETSIGMASK = 0x08
+POSIX_SPAWN_SETSID = 0x80
+
+# _IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info), with the 64-byte
+# first version of the structure; newer kernels accept the old size.
+PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+PIDFD_INFO_EXIT = 1 << 3
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNS = 0x00020000
+
+
+def has_symbol(name: str) -> bool:
+    """Whether this libc exports ``name`` (glibc extensions came late)."""
+    try:
+        getattr(lib, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def check(result: int, what: str = "") -> int:
+    """Raise the ``OSError`` subclass for ``errno`` when a libc call returns -1."""
+    if result == -1:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err), *((what,) if what else ()))
+    return result
+
+
+def check_errno_result(result: int, filename: object = None) -> None:
+    """Raise for the ``posix_spawn*`` family, which return the error number."""
+    if result != 0:
+        raise OSError(result, os.strerror(result), *((filename,) if filename is not None else ()))

@@ -1,0 +1,86 @@
+"""The death future, and the threads its callbacks run on.
+
+``concurrent.futures.Future.set_result`` runs the done-callbacks right away,
+in the thread that sets the result.  The thread that learns of a death is the
+monitor thread, or a thread inside somebody's ``wait()``; running user code
+there would let one slow or broken callback stall the monitoring of every
+other child, or another user's ``wait()`` (DESIGN.md rule 6).  So a callback
+that is added before the death is handed to a small pool of callback threads,
+while threads blocked in ``result()``, ``concurrent.futures.wait`` or
+``as_completed`` are still woken directly by ``set_result``: they need no
+hop through the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+_logger = logging.getLogger("syncmon")
+
+#: How many callbacks may block at once before further ones queue behind them.
+CALLBACK_THREADS = 16
+
+
+def _block_sigchld() -> None:
+    """Keep callback threads from swallowing SIGCHLD, whoever starts them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+
+
+class CallbackRunner:
+    """Runs done-callbacks away from the thread that resolved the future.
+
+    A ``ThreadPoolExecutor`` starts a new worker whenever none is idle, up
+    to its limit, so a callback that blocks for seconds only holds its own
+    thread while the next callback gets another.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=CALLBACK_THREADS,
+            thread_name_prefix="syncmon-callback",
+            initializer=_block_sigchld,
+        )
+
+    def submit(self, callback: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+        self._pool.submit(self._call, callback, future)
+
+    @staticmethod
+    def _call(callback: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+        # The same treatment Future._invoke_callbacks gives a failing callback:
+        # logged, never propagated into whoever resolved the future.
+        try:
+            callback(future)
+        except Exception:
+            _logger.exception("exception calling callback for %r", future)
+
+    def shutdown(self) -> None:
+        """Stop taking callbacks; those already queued still run."""
+        self._pool.shutdown(wait=False)
+
+
+class DeathFuture(Future):  # type: ignore[type-arg]
+    """A ``Future[ChildState]`` that is RUNNING from birth and defers its callbacks.
+
+    It is marked running at once, as an executor's job is once it starts:
+    the child is running, and its death cannot be cancelled.  ``cancel()``
+    therefore returns ``False`` and the future can always be resolved, which
+    is what keeps a caller's cancellation (asyncio cancels the wrapped future
+    when an ``await`` is cancelled) from breaking the reap pass.
+    """
+
+    def __init__(self, runner: CallbackRunner) -> None:
+        super().__init__()
+        self._runner = runner
+        self.set_running_or_notify_cancel()
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        if self.done():
+            # As Future documents: called immediately, in the caller's thread.
+            super().add_done_callback(fn)
+            return
+        # If the death lands between the check and this line, the wrapper
+        # runs at once and merely queues fn on the pool: still correct.
+        super().add_done_callback(lambda future: self._runner.submit(fn, future))

@@ -1,0 +1,471 @@
+"""The monitor thread and the ``Monitor`` scopes that share it.
+
+One process has at most one *engine*: one signalfd for SIGCHLD, one epoll,
+one monitor thread.  A process has a single pending SIGCHLD and reading a
+signalfd consumes it, so two signalfds would steal each other's wake-ups
+(DESIGN.md rule 7).  A :class:`Monitor` is a scope of handles on that engine;
+the engine lives while any monitor is open or any child it watches is
+unreaped, and is made anew on demand after that.
+
+The monitor thread does three things on each wake-up:
+
+1. drains the signalfd (and notes which pidfds are readable);
+2. bumps ``generation`` under the condition and notifies, which wakes every
+   ``ChildHandle.wait()`` to ask the kernel about its own child;
+3. runs the reap pass for children nobody may be waiting on, so their
+   futures resolve: the children whose pidfd became readable, and on SIGCHLD
+   the children that have no pidfd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from . import pidfd as pidfds
+from .child import ChildHandle, W
+from .futures import CallbackRunner
+from .signalfd import SignalFD, threads_not_blocking
+from .spawn import Redirect, StrOrBytesPath, child_signal_mask, spawn_process
+
+if TYPE_CHECKING:
+    from .popen import Popen
+
+#: How often the monitor looks without being told, and only while a SIGCHLD
+#: may have been swallowed by a thread that does not block it *and* some wait
+#: depends on SIGCHLD (no pidfd, or a wait for stop/continue).
+RESCUE_INTERVAL = 0.05
+
+
+class Engine:
+    """The signalfd, the epoll, the thread, the generation and the registry of handles."""
+
+    def __init__(self) -> None:
+        # Block SIGCHLD in this thread first: the monitor thread and every
+        # thread started from here on inherit the block.
+        self._signals = SignalFD()
+        self.sigchld_blocked_by_user = self._signals.blocked_before
+        self._epoll = select.epoll()
+        self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._signals.fd, select.EPOLLIN)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
+
+        self._condition = threading.Condition(threading.Lock())
+        self.generation = 0
+
+        self._registry_lock = threading.Lock()
+        self._by_pid: dict[int, ChildHandle] = {}
+        self._by_pidfd: dict[int, ChildHandle] = {}
+        self._signal_only = 0  # handles without a pidfd: only SIGCHLD tells of them
+        self._signal_waiters = 0  # waits for stop/continue: only SIGCHLD tells of those
+
+        self.users = 0  # open monitors + unreaped handles; guarded by _engines_lock
+        self.abandoned = False  # set in a fork child, where this engine has no thread
+        self._stopping = False
+        self.callbacks = CallbackRunner()
+        self._lossy = threads_not_blocking() > 0
+        self._thread = threading.Thread(target=self._run, name="syncmon-monitor", daemon=True)
+        self._thread.start()
+
+    # -- the condition ---------------------------------------------------------
+
+    def wait_for_change(self, generation: int, timeout: float | None) -> None:
+        """Sleep until the generation moves past ``generation`` or ``timeout`` passes."""
+        with self._condition:
+            if self.generation == generation:
+                self._condition.wait(timeout)
+
+    def _bump(self) -> None:
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def waiting(self, options: W) -> Iterator[None]:
+        """Count waits that only SIGCHLD can end, so a lossy process gets rescue ticks."""
+        if not options & (W.STOPPED | W.CONTINUED):
+            yield
+            return
+        with self._registry_lock:
+            self._signal_waiters += 1
+        self._rescue_changed()
+        try:
+            yield
+        finally:
+            with self._registry_lock:
+                self._signal_waiters -= 1
+
+    # -- the registry --------------------------------------------------------------
+
+    def register(self, handle: ChildHandle, pidfd: int | None) -> ChildHandle:
+        """Start watching ``handle``; return the handle already watching its pid, if any."""
+        with self._registry_lock:
+            existing = self._by_pid.get(handle.pid)
+            if existing is not None:
+                return existing
+            self._by_pid[handle.pid] = handle
+            if pidfd is None:
+                self._signal_only += 1
+            else:
+                self._by_pidfd[pidfd] = handle
+                self._epoll.register(pidfd, select.EPOLLIN)
+        if pidfd is None:
+            self._rescue_changed()
+        return handle
+
+    def forget(self, handle: ChildHandle) -> None:
+        """Stop watching a handle whose child is gone (called with the handle's lock)."""
+        with self._registry_lock:
+            if self._by_pid.get(handle.pid) is not handle:
+                return
+            del self._by_pid[handle.pid]
+            pidfd = handle._pidfd
+            if pidfd is None:
+                self._signal_only -= 1
+            else:
+                del self._by_pidfd[pidfd]
+                self._epoll.unregister(pidfd)
+
+    def lookup(self, pid: int) -> ChildHandle | None:
+        with self._registry_lock:
+            return self._by_pid.get(pid)
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _rescue_changed(self) -> None:
+        """Let the thread recompute its epoll timeout (only a lossy process has one)."""
+        if self._lossy:
+            os.eventfd_write(self._wakeup, 1)
+
+    def _poll_timeout(self) -> float:
+        if self._lossy and (self._signal_only or self._signal_waiters):
+            return RESCUE_INTERVAL
+        return -1
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._step()
+        finally:
+            self._close_fds()
+
+    def _step(self) -> None:
+        events = self._epoll.poll(self._poll_timeout())
+        sigchld = not events  # a rescue tick stands in for a SIGCHLD that may be lost
+        ready: list[ChildHandle] = []
+        for fd, _ in events:
+            if fd == self._signals.fd:
+                self._signals.drain()
+                sigchld = True
+            elif fd == self._wakeup:
+                os.eventfd_read(self._wakeup)
+            else:
+                with self._registry_lock:
+                    handle = self._by_pidfd.get(fd)
+                if handle is not None:
+                    ready.append(handle)
+        if not events:
+            self._lossy = threads_not_blocking() > 0
+        if sigchld or ready:
+            # Wake the waiters first: they ask the kernel in parallel with
+            # the reap pass below, and whoever comes second finds the death
+            # recorded under the handle's lock.
+            self._bump()
+        if sigchld:
+            ready += self._signal_only_handles()
+        for handle in ready:
+            handle._collect()
+
+    def _signal_only_handles(self) -> list[ChildHandle]:
+        with self._registry_lock:
+            if not self._signal_only:
+                return []
+            return [h for h in self._by_pid.values() if h._pidfd is None]
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def stop(self, join: bool) -> None:
+        """Make the thread exit; it closes the engine's descriptors on its way out."""
+        self._stopping = True
+        self.callbacks.shutdown()
+        os.eventfd_write(self._wakeup, 1)
+        if join and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _close_fds(self) -> None:
+        self._epoll.close()
+        self._signals.close()
+        os.close(self._wakeup)
+
+    def abandon_after_fork(self) -> None:
+        """In a fork child: this engine has no thread here; release its descriptors.
+
+        Only the forking thread survives a fork, and any lock another thread
+        held stays held forever in the child, so nothing here takes a lock.
+        """
+        self.abandoned = True
+        for handle in list(self._by_pid.values()):
+            if handle._pidfd is not None:
+                os.close(handle._pidfd)
+        self._close_fds()
+
+    # -- the reference count ---------------------------------------------------------
+
+    def retain(self) -> None:
+        with _engines_lock:
+            self.users += 1
+
+    def release(self, join: bool = False) -> None:
+        """Drop one user; the last one stops the engine.
+
+        A handle releases with its own lock held, possibly on the monitor
+        thread itself, so only a monitor's ``close()`` waits for the thread.
+        """
+        global _engine
+        with _engines_lock:
+            self.users -= 1
+            if self.users:
+                return
+            if _engine is self:
+                _engine = None
+            global _retiring
+            _retiring = self
+            self.stop(join)
+
+    def wait_stopped(self) -> None:
+        self._thread.join()
+
+
+_engines_lock = threading.Lock()
+_engine: Engine | None = None
+_retiring: Engine | None = None  # stopped, but its thread may still hold the signalfd
+
+
+def _acquire_engine() -> Engine:
+    """The process's engine, started if there is none, with one more user."""
+    global _engine, _retiring
+    with _engines_lock:
+        engine = _engine
+        if engine is None:
+            if _retiring is not None:
+                # Never two signalfds for SIGCHLD at once, even briefly: the
+                # old one could consume the new engine's first wake-up.  The
+                # retiring thread needs no lock to finish, so joining here is safe.
+                _retiring.wait_stopped()
+                _retiring = None
+            engine = _engine = Engine()
+        engine.users += 1
+        return engine
+
+
+class Monitor:
+    """A scope of child handles on the process's one monitor thread.
+
+    ``close()`` (or leaving the ``with`` block) stops this monitor from
+    starting or adopting more children; handles it already made keep
+    working until their child is reaped.  When no monitor is open and no
+    watched child is left, the thread stops and its descriptors are closed.
+    """
+
+    def __init__(self, *, pidfd: bool | None = None) -> None:
+        """``pidfd=None`` uses pidfds where the kernel has them (unless the
+        ``SYNCMON_PIDFD=0`` environment variable says not to); ``False``
+        watches this monitor's children through the signalfd alone."""
+        self.pidfd = pidfds.wanted(pidfd)
+        self._lock = threading.Lock()
+        self._engine: Engine | None = _acquire_engine()
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    def close(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None and not engine.abandoned:
+            engine.release(join=True)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Monitor {state} pidfd={self.pidfd}>"
+
+    def _open_engine(self) -> Engine:
+        """The engine, with one more user reserved for the handle about to be made.
+
+        Reserving under the monitor's lock means a concurrent ``close()``
+        cannot stop the engine between the check and the registration.
+        """
+        with self._lock:
+            engine = self._engine
+            if engine is None:
+                raise RuntimeError("this Monitor is closed")
+            if engine.abandoned:
+                raise RuntimeError("this Monitor was made before fork(); use a new one in the child")
+            engine.retain()
+            return engine
+
+    def spawn(
+        self,
+        argv: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        env: Mapping[Any, Any] | None = None,
+        cwd: StrOrBytesPath | None = None,
+        stdin: Redirect = None,
+        stdout: Redirect = None,
+        stderr: Redirect = None,
+        start_new_session: bool = False,
+        process_group: int | None = None,
+        pass_fds: Iterable[int] = (),
+    ) -> ChildHandle:
+        """Start ``argv`` and watch it.  Arguments mean what they mean to ``subprocess.Popen``."""
+        engine = self._open_engine()
+        try:
+            pid = spawn_process(
+                argv,
+                sigmask=child_signal_mask(engine.sigchld_blocked_by_user),
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=start_new_session,
+                process_group=process_group,
+                pass_fds=pass_fds,
+            )
+        except BaseException:
+            engine.release()
+            raise
+        command = [argv] if isinstance(argv, (str, bytes, os.PathLike)) else list(argv)
+        # Nothing but syncmon's own per-pid waits can reap this child, so the
+        # pid still names it when the pidfd is opened.
+        return self._watch(engine, pid, command)
+
+    def adopt(self, pid: int) -> ChildHandle:
+        """Watch a child made by other means (``os.posix_spawn``, ``fork``, ...).
+
+        Raises ``ChildProcessError`` unless ``pid`` is our own unreaped child.
+        Adopting a pid this monitor already watches returns the same handle.
+        """
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        if pid <= 0:
+            raise ValueError(f"pid must be positive, not {pid}")
+        if pid == os.getpid():
+            raise ValueError("a process is not its own child")
+        engine = self._open_engine()
+        existing = engine.lookup(pid)
+        if existing is not None:
+            engine.release()
+            return existing
+        return self._watch(engine, pid, None, verify=True)
+
+    def _watch(
+        self,
+        engine: Engine,
+        pid: int,
+        command: list[Any] | None,
+        *,
+        verify: bool = False,
+        lock: threading.Lock | None = None,
+        reaps: bool = True,
+    ) -> ChildHandle:
+        """Make and register the handle; the engine user reserved for it passes to it."""
+        try:
+            pidfd = self._open_pidfd(pid) if self.pidfd else None
+            try:
+                if verify:
+                    _check_own_child(pid, pidfd)
+                handle = ChildHandle(engine, pid, pidfd, command, lock=lock, reaps=reaps)
+                registered = engine.register(handle, pidfd)
+            except BaseException:
+                if pidfd is not None:
+                    os.close(pidfd)
+                raise
+        except BaseException:
+            engine.release()
+            raise
+        if registered is not handle:  # a concurrent adopt of the same pid won
+            if pidfd is not None:
+                os.close(pidfd)
+            engine.release()
+        return registered
+
+    @staticmethod
+    def _open_pidfd(pid: int) -> int:
+        try:
+            return pidfds.open_pidfd(pid)
+        except ProcessLookupError:
+            raise ChildProcessError(10, f"pid {pid} is not a child of this process") from None
+
+    def popen(self, args: Any, **kwargs: Any) -> Popen:
+        """A :class:`syncmon.Popen` watched by this monitor."""
+        from .popen import Popen
+
+        return Popen(args, monitor=self, **kwargs)
+
+
+def _check_own_child(pid: int, pidfd: int | None) -> None:
+    """Raise ``ChildProcessError`` unless ``pid`` (or ``pidfd``) is our unreaped child.
+
+    ``WNOWAIT`` looks without consuming anything.  Asking through the pidfd
+    when there is one also proves that the pidfd names our child and not a
+    process that took over the pid after somebody reaped ours.
+    """
+    flags = os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT
+    try:
+        if pidfd is not None:
+            os.waitid(os.P_PIDFD, pidfd, flags)
+        else:
+            os.waitid(os.P_PID, pid, flags)
+    except ChildProcessError:
+        raise ChildProcessError(10, f"pid {pid} is not an unreaped child of this process") from None
+
+
+_default_lock = threading.Lock()
+_default: Monitor | None = None
+
+
+def default_monitor() -> Monitor:
+    """The process-wide monitor, started on first use (never at import)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = Monitor()
+        return _default
+
+
+def spawn(argv: StrOrBytesPath | Sequence[StrOrBytesPath], **kwargs: Any) -> ChildHandle:
+    """``Monitor.spawn`` on the process-wide monitor."""
+    return default_monitor().spawn(argv, **kwargs)
+
+
+def adopt(pid: int) -> ChildHandle:
+    """``Monitor.adopt`` on the process-wide monitor."""
+    return default_monitor().adopt(pid)
+
+
+def _after_fork_in_child() -> None:
+    """Rule 3: the fork child starts with no engine and no default monitor.
+
+    The parent's engine has no thread in the child, and its locks may have
+    been held by threads that do not exist here: replace them, abandon the
+    engine (closing its descriptors), and let the next use start afresh.
+    """
+    global _engines_lock, _engine, _retiring, _default_lock, _default
+    _engines_lock = threading.Lock()
+    _default_lock = threading.Lock()
+    engine, _engine, _retiring, _default = _engine, None, None, None
+    if engine is not None:
+        engine.abandon_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
