@@ -296,6 +296,23 @@ class ChildHandle:
             self._pidfd = None
         self._engine.release()
 
+    def _settle_lost(self) -> ChildState:
+        """For an owner whose own ``waitpid`` failed with ECHILD: the true death, or raise.
+
+        Call with the shared lock held.  The death may already be recorded
+        (seen with ``WNOWAIT`` before somebody else reaped); otherwise it is
+        recovered through the pidfd, or recorded as lost.
+        """
+        if self._death is None and self._lost is None:
+            try:
+                self._record(self._recover())
+            except ReapedElsewhere as lost:
+                self._record(lost)
+        if self._lost is not None:
+            raise self._lost
+        assert self._death is not None
+        return self._death
+
     def _settle_reaped(self, status: int) -> ChildState:
         """For an owner that reaped the child itself: record the death it saw.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import threading
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
@@ -29,7 +30,7 @@ from . import pidfd as pidfds
 from .child import ChildHandle, W
 from .futures import CallbackRunner
 from .signalfd import SignalFD, threads_not_blocking
-from .spawn import Redirect, StrOrBytesPath, child_signal_mask, spawn_process
+from .spawn import Redirect, StrOrBytesPath, as_command, child_signal_mask, spawn_process
 
 if TYPE_CHECKING:
     from .popen import Popen
@@ -65,6 +66,7 @@ class Engine:
         self.users = 0  # open monitors + unreaped handles; guarded by _engines_lock
         self.abandoned = False  # set in a fork child, where this engine has no thread
         self._stopping = False
+        self._rescue_requested = False
         self.callbacks = CallbackRunner()
         self._lossy = threads_not_blocking() > 0
         self._thread = threading.Thread(target=self._run, name="syncmon-monitor", daemon=True)
@@ -140,6 +142,29 @@ class Engine:
         if self._lossy:
             os.eventfd_write(self._wakeup, 1)
 
+    @contextlib.contextmanager
+    def sigchld_unblocked(self) -> Iterator[None]:
+        """Let SIGCHLD through in this thread for a moment, then make up for it.
+
+        For code that starts children itself (``subprocess``'s vfork path)
+        and cannot be told to give the child another mask: the child inherits
+        this thread's mask, and must not inherit syncmon's block (rule 2).
+        While the block is off, a pending SIGCHLD can be delivered to this
+        thread and vanish (its default action is to ignore it), so on the way
+        out the monitor is told to act as if a SIGCHLD had arrived.
+        """
+        if self.sigchld_blocked_by_user:
+            yield  # the child would have inherited the block without syncmon too
+            return
+        previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        try:
+            yield
+        finally:
+            if signal.SIGCHLD in previous:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+                self._rescue_requested = True
+                os.eventfd_write(self._wakeup, 1)
+
     def _poll_timeout(self) -> float:
         if self._lossy and (self._signal_only or self._signal_waiters):
             return RESCUE_INTERVAL
@@ -162,6 +187,9 @@ class Engine:
                 sigchld = True
             elif fd == self._wakeup:
                 os.eventfd_read(self._wakeup)
+                if self._rescue_requested:
+                    self._rescue_requested = False
+                    sigchld = True
             else:
                 with self._registry_lock:
                     handle = self._by_pidfd.get(fd)
@@ -344,10 +372,9 @@ class Monitor:
         except BaseException:
             engine.release()
             raise
-        command = [argv] if isinstance(argv, (str, bytes, os.PathLike)) else list(argv)
         # Nothing but syncmon's own per-pid waits can reap this child, so the
         # pid still names it when the pidfd is opened.
-        return self._watch(engine, pid, command)
+        return self._watch(engine, pid, as_command(argv))
 
     def adopt(self, pid: int) -> ChildHandle:
         """Watch a child made by other means (``os.posix_spawn``, ``fork``, ...).

@@ -41,13 +41,16 @@ Redirect = Union[None, int, IO[Any]]
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
+def as_command(argv: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[Any]:
+    """The command as a list, for messages: a single path is a one-item command."""
+    return [argv] if isinstance(argv, (str, bytes, os.PathLike)) else list(argv)
+
+
 def normalize_argv(argv: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[bytes]:
     """subprocess's rules: one path is a program without arguments; otherwise a
     non-empty sequence of str, bytes or path-like objects."""
-    if isinstance(argv, (str, bytes, os.PathLike)):
-        argv = [argv]
     try:
-        items = list(argv)
+        items = as_command(argv)
     except TypeError:
         raise TypeError(f"argv must be a sequence of str, bytes or path-like, not {type(argv).__name__}") from None
     if not items:
