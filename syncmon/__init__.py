@@ -9,12 +9,14 @@ process was reaped.  Importing syncmon starts no thread.
 
 from .child import CLD, ChildHandle, ChildState, ReapedElsewhere, UncleanExit, W
 from .monitor import Monitor, adopt, default_monitor, spawn
+from .pool import CommandPool
 from .popen import Popen
 
 __all__ = [
     "CLD",
     "ChildHandle",
     "ChildState",
+    "CommandPool",
     "Monitor",
     "Popen",
     "ReapedElsewhere",

@@ -61,8 +61,29 @@ class CallbackRunner:
         self._pool.shutdown(wait=False)
 
 
-class DeathFuture(Future):  # type: ignore[type-arg]
-    """A ``Future[ChildState]`` that is RUNNING from birth and defers its callbacks.
+class DeferringFuture(Future):  # type: ignore[type-arg]
+    """A ``Future`` whose callbacks never run in the thread that resolves it.
+
+    A callback added before the future is done goes to the runner's
+    threads; one added after runs at once in the caller's thread, as
+    ``Future`` documents.
+    """
+
+    def __init__(self, runner: CallbackRunner) -> None:
+        super().__init__()
+        self._runner = runner
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        if self.done():
+            super().add_done_callback(fn)
+            return
+        # If the future completes between the check and this line, the
+        # wrapper runs at once and merely queues fn on the pool: still correct.
+        super().add_done_callback(lambda future: self._runner.submit(fn, future))
+
+
+class DeathFuture(DeferringFuture):
+    """The ``Future[ChildState]`` of a child's death: RUNNING from birth.
 
     It is marked running at once, as an executor's job is once it starts:
     the child is running, and its death cannot be cancelled.  ``cancel()``
@@ -72,15 +93,5 @@ class DeathFuture(Future):  # type: ignore[type-arg]
     """
 
     def __init__(self, runner: CallbackRunner) -> None:
-        super().__init__()
-        self._runner = runner
+        super().__init__(runner)
         self.set_running_or_notify_cancel()
-
-    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
-        if self.done():
-            # As Future documents: called immediately, in the caller's thread.
-            super().add_done_callback(fn)
-            return
-        # If the death lands between the check and this line, the wrapper
-        # runs at once and merely queues fn on the pool: still correct.
-        super().add_done_callback(lambda future: self._runner.submit(fn, future))
