@@ -26,3 +26,12 @@ __all__ = [
     "default_monitor",
     "spawn",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``syncmon.aio`` imports asyncio, which a threaded program need not pay for.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

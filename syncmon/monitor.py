@@ -433,6 +433,21 @@ class Monitor:
         except ProcessLookupError:
             raise ChildProcessError(10, f"pid {pid} is not a child of this process") from None
 
+    @contextlib.contextmanager
+    def sigchld_unblocked(self) -> Iterator[None]:
+        """A window in which this thread can start children with another tool
+        (``subprocess``, asyncio) and have them inherit an unblocked SIGCHLD.
+
+        See :meth:`Engine.sigchld_unblocked`: a wake-up lost in the window is
+        made up for when it closes.
+        """
+        engine = self._open_engine()  # the engine must outlive the window
+        try:
+            with engine.sigchld_unblocked():
+                yield
+        finally:
+            engine.release()
+
     def popen(self, args: Any, **kwargs: Any) -> Popen:
         """A :class:`syncmon.Popen` watched by this monitor."""
         from .popen import Popen
