@@ -1,0 +1,37 @@
+"""syncmon.Popen against CPython's own subprocess test suite (issue 3: "drop-in")."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).with_name("cpython_subprocess.py")
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("test.test_subprocess") is None,
+    reason="this Python ships without its test suite",
+)
+
+
+def run_cpython_suite(mode: str) -> dict:
+    completed = subprocess.run(
+        [sys.executable, str(RUNNER), mode], capture_output=True, text=True, timeout=500,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(1100)
+def test_no_cpython_subprocess_test_fails_only_with_syncmon_popen() -> None:
+    with_syncmon = run_cpython_suite("syncmon")
+    assert with_syncmon["run"] > 300
+    if with_syncmon["failed"]:
+        # Only failures that plain subprocess does not share count against us
+        # (this machine may fail a few on its own, e.g. for missing locales).
+        baseline = run_cpython_suite("plain")
+        assert sorted(set(with_syncmon["failed"]) - set(baseline["failed"])) == []
