@@ -313,6 +313,31 @@ class ChildHandle:
         assert self._death is not None
         return self._death
 
+    def _forget_if_stale(self, *, certain: bool) -> bool:
+        """Whether this handle's child was reaped elsewhere (recording it if so).
+
+        ``certain``: the caller knows the pid now names another child, so
+        the pid must not be asked about again; only the pidfd may be.
+        """
+        with self._lock:
+            if self._death is None and self._lost is None:
+                if not certain and not self._pidfd_says_reaped():
+                    return False
+                try:
+                    self._record(self._recover())
+                except ReapedElsewhere as lost:
+                    self._record(lost)
+            return True
+
+    def _pidfd_says_reaped(self) -> bool:
+        if self._pidfd is None:
+            return False
+        try:
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return False
+
     def _settle_reaped(self, status: int) -> ChildState:
         """For an owner that reaped the child itself: record the death it saw.
 
@@ -421,12 +446,12 @@ class ChildHandle:
 
     def __exit__(self, *exc_info: object) -> None:
         """Leave no child behind: kill one that is still alive, and reap it."""
-        if self.poll() is None:
-            try:
+        try:
+            if self.poll() is None:
                 self.kill()
-            except ProcessLookupError:
-                pass
-            self.wait()
+                self.wait()
+        except (ProcessLookupError, ReapedElsewhere):
+            pass  # somebody else reaped it: nothing is left to kill or reap
 
     def __repr__(self) -> str:
         if self._death is not None:

@@ -45,7 +45,13 @@ class CallbackRunner:
         )
 
     def submit(self, callback: Callable[[Future[Any]], object], future: Future[Any]) -> None:
-        self._pool.submit(self._call, callback, future)
+        try:
+            self._pool.submit(self._call, callback, future)
+        except RuntimeError:
+            # Shut down (the engine stopped, or the interpreter is exiting)
+            # between the future's completion and this call: nobody else is
+            # left to run it, so run it here.
+            self._call(callback, future)
 
     @staticmethod
     def _call(callback: Callable[[Future[Any]], object], future: Future[Any]) -> None:

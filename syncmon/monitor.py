@@ -20,6 +20,7 @@ The monitor thread does three things on each wake-up:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -34,6 +35,8 @@ from .spawn import Redirect, StrOrBytesPath, as_command, child_signal_mask, spaw
 
 if TYPE_CHECKING:
     from .popen import Popen
+
+_logger = logging.getLogger("syncmon")
 
 #: How often the monitor looks without being told, and only while a SIGCHLD
 #: may have been swallowed by a thread that does not block it *and* some wait
@@ -66,6 +69,7 @@ class Engine:
         self.users = 0  # open monitors + unreaped handles; guarded by _engines_lock
         self.abandoned = False  # set in a fork child, where this engine has no thread
         self._stopping = False
+        self._stop_lock = threading.Lock()
         self._rescue_requested = False
         self.callbacks = CallbackRunner()
         self._lossy = threads_not_blocking() > 0
@@ -131,10 +135,6 @@ class Engine:
                 del self._by_pidfd[pidfd]
                 self._epoll.unregister(pidfd)
 
-    def lookup(self, pid: int) -> ChildHandle | None:
-        with self._registry_lock:
-            return self._by_pid.get(pid)
-
     # -- the thread ------------------------------------------------------------------
 
     def _rescue_changed(self) -> None:
@@ -175,7 +175,8 @@ class Engine:
             while not self._stopping:
                 self._step()
         finally:
-            self._close_fds()
+            with self._stop_lock:
+                self._close_fds()
 
     def _step(self) -> None:
         events = self._epoll.poll(self._poll_timeout())
@@ -205,7 +206,11 @@ class Engine:
         if sigchld:
             ready += self._signal_only_handles()
         for handle in ready:
-            handle._collect()
+            try:
+                handle._collect()
+            except Exception:
+                # One child's trouble must not end the monitoring of all the others.
+                _logger.exception("syncmon: reap pass failed for %r", handle)
 
     def _signal_only_handles(self) -> list[ChildHandle]:
         with self._registry_lock:
@@ -217,9 +222,13 @@ class Engine:
 
     def stop(self, join: bool) -> None:
         """Make the thread exit; it closes the engine's descriptors on its way out."""
-        self._stopping = True
+        # Woken by anything else, the thread may see _stopping and close the
+        # eventfd while this thread is about to write to it (or to a new
+        # descriptor that took its number): the lock makes the two one step.
+        with self._stop_lock:
+            self._stopping = True
+            os.eventfd_write(self._wakeup, 1)
         self.callbacks.shutdown()
-        os.eventfd_write(self._wakeup, 1)
         if join and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -388,12 +397,7 @@ class Monitor:
             raise ValueError(f"pid must be positive, not {pid}")
         if pid == os.getpid():
             raise ValueError("a process is not its own child")
-        engine = self._open_engine()
-        existing = engine.lookup(pid)
-        if existing is not None:
-            engine.release()
-            return existing
-        return self._watch(engine, pid, None, verify=True)
+        return self._watch(self._open_engine(), pid, None, verify=True)
 
     def _watch(
         self,
@@ -412,7 +416,7 @@ class Monitor:
                 if verify:
                     _check_own_child(pid, pidfd)
                 handle = ChildHandle(engine, pid, pidfd, command, lock=lock, reaps=reaps)
-                registered = engine.register(handle, pidfd)
+                registered = self._register(engine, handle, pidfd, adopting=verify)
             except BaseException:
                 if pidfd is not None:
                     os.close(pidfd)
@@ -420,11 +424,32 @@ class Monitor:
         except BaseException:
             engine.release()
             raise
-        if registered is not handle:  # a concurrent adopt of the same pid won
+        if registered is not handle:  # the pid was already watched, and still is
             if pidfd is not None:
                 os.close(pidfd)
             engine.release()
+        elif pidfd is None:
+            # The child may have changed state, and its SIGCHLD been drained,
+            # before it was registered: the reap pass would then never look
+            # at it.  (A pidfd needs no such look: epoll is level-triggered,
+            # so one that is already readable reports at once.)
+            handle._collect()
         return registered
+
+    @staticmethod
+    def _register(engine: Engine, handle: ChildHandle, pidfd: int | None, *, adopting: bool) -> ChildHandle:
+        """Register ``handle``, clearing out a stale handle that still holds its pid.
+
+        A handle is stale when somebody outside syncmon reaped its child and
+        the pid was given to a new child before the monitor noticed.  For a
+        child we just spawned that is certain; for an adopted pid it is
+        checked through the old handle's pidfd (without one it cannot be told
+        apart from adopting the same child twice, which returns the old handle).
+        """
+        while True:
+            registered = engine.register(handle, pidfd)
+            if registered is handle or not registered._forget_if_stale(certain=not adopting):
+                return registered
 
     @staticmethod
     def _open_pidfd(pid: int) -> int:

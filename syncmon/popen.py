@@ -43,7 +43,8 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
     @property
     def handle(self) -> ChildHandle:
         """The :class:`ChildHandle` watching this child."""
-        assert self._handle is not None, "the child was not started"
+        if self._handle is None:
+            raise RuntimeError("no child is watched: it was not started through syncmon.Popen._execute_child")
         return self._handle
 
     @property
@@ -67,10 +68,10 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
 
     def _wait(self, timeout: float | None) -> int | None:
         """Sleep on the monitor until the child is dead, then let Popen reap it."""
-        if self.returncode is not None:
-            return self.returncode
+        if self.returncode is not None or self._handle is None:
+            return super()._wait(timeout)  # type: ignore[misc]
         try:
-            self.handle.wait(W.EXITED, timeout)
+            self._handle.wait(W.EXITED, timeout)
         except TimeoutError:
             raise subprocess.TimeoutExpired(self.args, timeout) from None
         # The child is now a zombie (or was reaped elsewhere); this returns at once.
@@ -78,10 +79,12 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
 
     def _try_wait(self, wait_flags: int) -> tuple[int, int]:
         """Popen's reaping call, with the true status when somebody else reaped."""
+        if self._handle is None:
+            return super()._try_wait(wait_flags)  # type: ignore[misc,no-any-return]
         try:
             return os.waitpid(self.pid, wait_flags)
         except ChildProcessError:
-            return self.pid, self.handle._settle_lost().to_wait_status()
+            return self.pid, self._handle._settle_lost().to_wait_status()
 
     def _internal_poll(
         self,
@@ -126,9 +129,11 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         under the lock all of Popen's reaping takes.  ``os.kill`` rather than
         the pidfd, so code that mocks ``os.kill`` sees the call it expects.
         """
+        if self._handle is None:
+            return super().send_signal(sig)
         self.poll()
         with self._waitpid_lock:
-            if self.returncode is not None or self.handle._death is not None:
+            if self.returncode is not None or self._handle.returncode is not None:
                 return
             try:
                 os.kill(self.pid, sig)
