@@ -158,11 +158,15 @@ class ReapedElsewhere(ChildProcessError):
         self.pid = pid
 
 
+_ALL_OPTIONS = W.EXITED | W.STOPPED | W.CONTINUED | W.NOHANG | W.NOWAIT
+
+
 def _check_options(options: W | int, *, allow_nohang: bool = False) -> W:
-    try:
-        flags = W(options)
-    except ValueError:
-        raise ValueError(f"unknown waitid options: {options!r}") from None
+    if isinstance(options, bool) or not isinstance(options, int):
+        raise TypeError(f"options must be W flags, not {type(options).__name__}")
+    if int(options) & ~int(_ALL_OPTIONS):
+        raise ValueError(f"unknown waitid options: {options!r}")
+    flags = W(options)
     if not flags & _KINDS:
         raise ValueError("options must include W.EXITED, W.STOPPED or W.CONTINUED")
     if flags & W.NOHANG and not allow_nohang:
@@ -296,6 +300,14 @@ class ChildHandle:
             self._pidfd = None
         self._engine.release()
 
+    def _record_reaped_elsewhere(self) -> None:
+        """With the lock held: somebody else reaped the child.  Record its true
+        death if the kernel kept it, else record it as lost."""
+        try:
+            self._record(self._recover())
+        except ReapedElsewhere as lost:
+            self._record(lost)
+
     def _settle_lost(self) -> ChildState:
         """For an owner whose own ``waitpid`` failed with ECHILD: the true death, or raise.
 
@@ -304,10 +316,7 @@ class ChildHandle:
         recovered through the pidfd, or recorded as lost.
         """
         if self._death is None and self._lost is None:
-            try:
-                self._record(self._recover())
-            except ReapedElsewhere as lost:
-                self._record(lost)
+            self._record_reaped_elsewhere()
         if self._lost is not None:
             raise self._lost
         assert self._death is not None
@@ -323,10 +332,7 @@ class ChildHandle:
             if self._death is None and self._lost is None:
                 if not certain and not self._pidfd_says_reaped():
                     return False
-                try:
-                    self._record(self._recover())
-                except ReapedElsewhere as lost:
-                    self._record(lost)
+                self._record_reaped_elsewhere()
             return True
 
     def _pidfd_says_reaped(self) -> bool:
