@@ -51,7 +51,10 @@ class Engine:
         # Block SIGCHLD in this thread first: the monitor thread and every
         # thread started from here on inherit the block.
         self._signals = SignalFD()
-        self.sigchld_blocked_by_user = self._signals.blocked_before
+        global _sigchld_blocked_by_user
+        if _sigchld_blocked_by_user is None:
+            _sigchld_blocked_by_user = self._signals.blocked_before
+        self.sigchld_blocked_by_user: bool = _sigchld_blocked_by_user
         self._epoll = select.epoll()
         self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._epoll.register(self._signals.fd, select.EPOLLIN)
@@ -278,6 +281,10 @@ class Engine:
 
 _engines_lock = threading.Lock()
 _engine: Engine | None = None
+# Whether the program itself blocked SIGCHLD before syncmon first did.  Learned
+# once: a later engine finds the block that an earlier one left in place (a
+# block is never lifted, see the README) and must not mistake it for the user's.
+_sigchld_blocked_by_user: bool | None = None
 _retiring: Engine | None = None  # stopped, but its thread may still hold the signalfd
 
 

@@ -61,6 +61,7 @@ class _Job:
         self.timeout = timeout
         self.text = text
         self.handle: ChildHandle | None = None
+        self.kill_requested = False  # kill() came while the child was being started
         self.deadline: float | None = None
         self.timed_out = False
         self.pipes: dict[int, str] = {}  # our end's fd -> "stdin" / "stdout" / "stderr"
@@ -176,8 +177,11 @@ class CommandPool:
             return True
         with self._lock:
             job = self._running.get(future)
-        if job is None or job.handle is None:
-            return False
+            if job is None:
+                return False
+            if job.handle is None:
+                job.kill_requested = True  # _start kills it as soon as it exists
+                return True
         job.handle.kill()
         return True
 
@@ -267,7 +271,7 @@ class CommandPool:
                     theirs.append(child)
                     kwargs[name] = child
                     job.pipes[mine] = name
-            job.handle = monitor.spawn(argv, **kwargs)
+            handle = monitor.spawn(argv, **kwargs)
         except BaseException as error:
             for fd in ours:
                 os.close(fd)
@@ -279,6 +283,11 @@ class CommandPool:
         finally:
             for fd in theirs:
                 os.close(fd)
+        with self._lock:
+            job.handle = handle
+            kill_now = job.kill_requested
+        if kill_now:
+            handle.kill()
         if job.timeout is not None:
             job.deadline = time.monotonic() + job.timeout
         for fd, name in job.pipes.items():
@@ -289,7 +298,7 @@ class CommandPool:
                 self._epoll.register(fd, select.EPOLLOUT)
             else:
                 self._epoll.register(fd, select.EPOLLIN)
-        job.handle.future.add_done_callback(lambda _: self._on_death(job))
+        handle.future.add_done_callback(lambda _: self._on_death(job))
 
     def _on_death(self, job: _Job) -> None:
         # Runs on a syncmon callback thread: hand the job over and wake the pool.

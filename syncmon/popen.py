@@ -98,8 +98,15 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         It runs from ``__del__`` and ``subprocess._cleanup`` too, so it refers
         to nothing outside its arguments and ``self``.
         """
-        if self.returncode is not None or not self._waitpid_lock.acquire(False):
+        if self.returncode is not None:
             return self.returncode
+        # CPython gives up when another thread holds the lock (it may be in a
+        # blocking waitpid).  Once the handle knows the child is dead, the
+        # holder can only be the monitor finishing that record, briefly: wait
+        # for it, or poll() would report "running" after the future resolved.
+        known_dead = self._handle is not None and self._handle.returncode is not None
+        if not self._waitpid_lock.acquire(known_dead):
+            return None
         try:
             if self.returncode is None:
                 pid, status = self._try_wait(_WNOHANG)
@@ -131,7 +138,10 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         """
         if self._handle is None:
             return super().send_signal(sig)
-        self.poll()
+        try:
+            self.poll()
+        except ReapedElsewhere:
+            return  # dead, and its pid possibly reused: never signal it
         with self._waitpid_lock:
             if self.returncode is not None or self._handle.returncode is not None:
                 return
