@@ -288,16 +288,17 @@ class ChildHandle:
         here too, under the lock, so ``send_signal`` can never use a closed
         (and perhaps reused) descriptor number.
         """
+        self._engine.forget(self)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        # Only now resolve: whoever sees the future done may count descriptors.
         if isinstance(outcome, ChildState):
             self._death = outcome
             self.future.set_result(outcome)
         else:
             self._lost = outcome
             self.future.set_exception(outcome)
-        self._engine.forget(self)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
         self._engine.release()
 
     def _record_reaped_elsewhere(self) -> None:
