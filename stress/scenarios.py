@@ -1,0 +1,419 @@
+"""The workloads, and the checks that catch a status or a signal going to the wrong child.
+
+Every child is started with a fate chosen in advance (``sh -c 'exit 173'``), and
+its handle must report exactly that fate, for exactly its pid.  Under fast pid
+reuse the ways to get this wrong are few and each has its own column:
+
+``misattributed``  a handle reported a fate that is not its child's (another
+                   child's exit code, or a pid that is not its own);
+``wrong_signals``  a child died of :data:`PROBE` although nobody aimed it at that
+                   child: a ``kill()`` landed on a reused pid.  No child in any
+                   scenario is *meant* to die of PROBE except a ``kill_race``
+                   target, so any other such death is a stray signal;
+``hung_waits``     a wait still unanswered after ``wait_bound`` seconds: the
+                   status was lost (taken by another waiter, or a wake-up missed).
+
+Scenarios are functions ``(run, rng) -> None`` executed by every thread of a
+crew until the run's budget (seconds, children) is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from stress.config import Config
+from stress.subjects import (
+    CONTINUED,
+    STOPPED,
+    Fate,
+    Handle,
+    Outcome,
+    Subject,
+    Waitable,
+    exited,
+    killed,
+)
+
+PROBE = signal.SIGUSR1
+"""The signal ``kill_race`` aims at its targets.  Nothing else in the harness sends it,
+so a child that dies of it was hit by a stray kill; the worker counts hits on itself."""
+
+ERROR_KEYS = (
+    "misattributed",
+    "wrong_signals",
+    "hung_waits",
+    "zombies",
+    "children_left",
+    "fds_left",
+    "exceptions",
+)
+"""Tally fields that are failures.  For syncmon every one of them must stay at zero."""
+
+MAX_NOTES = 6
+
+NOTHING = None
+"""In the fates allowed for a poll: that it finds nothing."""
+
+T = TypeVar("T")
+
+
+@dataclass
+class Tally:
+    """What one scenario did and what went wrong, per subject."""
+
+    children: int = 0
+    pid_reuses: int = 0
+    """Children that got a pid an earlier child of the same run already had."""
+    misattributed: int = 0
+    wrong_signals: int = 0
+    hung_waits: int = 0
+    zombies: int = 0
+    children_left: int = 0
+    fds_left: int = 0
+    exceptions: int = 0
+    eagain: int = 0
+    """Spawns refused for want of a free pid and retried (load, not a failure)."""
+    seconds: float = 0.0
+    pid_range: tuple[int, int] | None = None
+    """Lowest and highest child pid: after the wrap, inside [300, pid_max)."""
+    sigchld_blocked: str = ""
+    """How many of the crew's threads block SIGCHLD, as ``n/threads``."""
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def errors(self) -> int:
+        return sum(getattr(self, key) for key in ERROR_KEYS)
+
+    def as_dict(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "errors": self.errors()}
+
+
+class Run:
+    """One scenario against one subject: the shared budget, the pid ledger and the tally."""
+
+    def __init__(self, subject: Subject, config: Config) -> None:
+        self.subject = subject
+        self.bound = config.wait_bound
+        self.tally = Tally()
+        self._max_children = config.max_children
+        self._deadline = time.monotonic() + config.seconds
+        self._seen: set[int] = set()
+        self._lock = threading.Lock()
+
+    def going(self) -> bool:
+        return time.monotonic() < self._deadline and self.tally.children < self._max_children
+
+    def spawn(self, argv: Sequence[str]) -> Handle:
+        handle = self._retrying(lambda: self.subject.spawn(argv))
+        self._record(handle.pid)
+        return handle
+
+    def popen(self, argv: Sequence[str]) -> Waitable:
+        popen = self._retrying(lambda: self.subject.popen(argv))
+        self._record(popen.pid)
+        return popen
+
+    def plain_popen(self, argv: Sequence[str]) -> Waitable:
+        popen: Waitable = self._retrying(lambda: subprocess.Popen(argv))
+        self._record(popen.pid)
+        return popen
+
+    def _retrying(self, start: Callable[[], T]) -> T:
+        """Start a child, waiting out EAGAIN.
+
+        With a pid range this small, a burst of live children can take every
+        free pid, and fork fails with EAGAIN.  That is load, not a bug; a spawn
+        still refused after ``bound`` is.
+        """
+        give_up = time.monotonic() + self.bound
+        while True:
+            try:
+                return start()
+            except BlockingIOError:
+                if time.monotonic() > give_up:
+                    raise
+                with self._lock:
+                    self.tally.eagain += 1
+                time.sleep(0.002)
+
+    def _record(self, pid: int) -> None:
+        with self._lock:
+            self.tally.children += 1
+            if pid in self._seen:
+                self.tally.pid_reuses += 1
+            else:
+                self._seen.add(pid)
+            low, high = self.tally.pid_range or (pid, pid)
+            self.tally.pid_range = (min(low, pid), max(high, pid))
+
+    def check(self, pid: int, got: Outcome | None, allowed: Collection[Fate | None], what: str) -> bool:
+        """Count ``got`` against what child ``pid`` may legitimately have done; True if it is that.
+
+        ``None`` in ``allowed`` (:data:`NOTHING`) is for a poll that must find nothing.
+        """
+        fate = None if got is None else got.fate
+        if fate in allowed and (got is None or got.pid == pid):
+            return True
+        if got is None:
+            self._count("hung_waits", f"{what}: pid {pid} not reported within {self.bound}s")
+        else:
+            key = "wrong_signals" if got.fate == killed(PROBE) else "misattributed"
+            want = " or ".join(sorted(fate.describe() if fate else "nothing to report" for fate in allowed))
+            reported = f"reported pid {got.pid} {got.fate.describe()}"
+            self._count(key, f"{what}: pid {pid} should have {want}; {reported}")
+        return False
+
+    def fail(self, error: BaseException) -> None:
+        self._count("exceptions", f"{type(error).__name__}: {error}")
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if len(self.tally.notes) < MAX_NOTES:
+                self.tally.notes.append(text)
+
+    def _count(self, key: str, text: str) -> None:
+        with self._lock:
+            setattr(self.tally, key, getattr(self.tally, key) + 1)
+        self.note(text)
+
+
+# -- ways of learning a child's fate ---------------------------------------------------------
+# Each takes (handle, os.W* options, bound) and raises TimeoutError past the bound.
+# They are mixed at random because each is a different path through the subject:
+# a blocking wait, the future the monitor thread resolves, and caller-side polls
+# that race the monitor thread's own reap.
+
+Waiter = Callable[[Handle, int, float], Outcome]
+
+
+def by_wait(handle: Handle, options: int, bound: float) -> Outcome:
+    return handle.wait(options, timeout=bound)
+
+
+def by_future(handle: Handle, options: int, bound: float) -> Outcome:
+    """Deaths only: a future resolves once, at death."""
+    return handle.result(bound)
+
+
+def by_poll(handle: Handle, options: int, bound: float) -> Outcome:
+    until = time.monotonic() + bound
+    while (got := handle.poll(options)) is None:
+        if time.monotonic() > until:
+            raise TimeoutError(f"pid {handle.pid}: poll found nothing")
+        time.sleep(0.0005)
+    return got
+
+
+DEATH_WAITERS: tuple[Waiter, ...] = (by_wait, by_future, by_poll)
+CHANGE_WAITERS: tuple[Waiter, ...] = (by_wait, by_poll)
+
+
+def awaited(how: Waiter, handle: Handle, options: int, bound: float) -> Outcome | None:
+    """``how``'s answer, or None if it hung past ``bound``."""
+    try:
+        return how(handle, options, bound)
+    except (TimeoutError, futures.TimeoutError):  # two classes before Python 3.11
+        return None
+
+
+def quick_exit(code: int, rng: random.Random) -> list[str]:
+    """A child that exits with ``code``: at once, or one time in four after a few milliseconds
+    (a child that outlives other threads' spawns).
+
+    Neither forks.  A ``sh -c 'sleep ...; exit N'`` would, and when the small pid
+    range is full its fork fails and the shell exits 2: a wrong status that no
+    subject could be blamed for.
+    """
+    if rng.random() < 0.25:
+        return ["perl", "-e", f"select(undef, undef, undef, 0.0{rng.randrange(1, 5)}); exit {code}"]
+    return ["sh", "-c", f"exit {code}"]
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+def exit_codes(run: Run, rng: random.Random) -> None:
+    """Every thread spawns children with random exit codes and collects each one way or another.
+
+    Catches a status handed to the wrong handle: with ``waitid(P_ALL)`` a child
+    can be reaped, and its pid reused, before its spawner has recorded the pid.
+    """
+    while run.going():
+        _exit_once(run, rng)
+
+
+def _exit_once(run: Run, rng: random.Random) -> None:
+    code = rng.randrange(256)
+    handle = run.spawn(quick_exit(code, rng))
+    how = rng.choice(DEATH_WAITERS)
+    run.check(handle.pid, awaited(how, handle, os.WEXITED, run.bound), {exited(code)}, how.__name__)
+
+
+def kill_race(run: Run, rng: random.Random) -> None:
+    """Kills that race the reap, while other threads spawn bystanders into the freed pids.
+
+    A *target* ignores PROBE (``trap '' USR1``) and has PROBE fired at it
+    without pause until its death is known, so kills keep coming right across
+    the moment of the reap.  A *bystander* is a ``sleep`` that must exit 0.  A
+    kill sent after the reap goes to whatever now has the pid: usually nobody,
+    under fast reuse a bystander, which then dies of PROBE.
+    """
+    while run.going():
+        if rng.random() < 0.5:
+            _target_once(run, rng)
+        else:
+            _bystander_once(run, rng)
+
+
+def _target_once(run: Run, rng: random.Random) -> None:
+    code = rng.randrange(1, 256)
+    handle = run.spawn(["sh", "-c", f"trap '' USR1; exit {code}"])
+    reported = rng.choice((_reported_by_poll, _reported_by_future))
+    got = _hammer(handle, reported, run.bound)
+    # A PROBE that lands before the shell has run ``trap`` kills it: that one was aimed.
+    run.check(handle.pid, got, {exited(code), killed(PROBE)}, f"target/{reported.__name__}")
+
+
+def _hammer(handle: Handle, reported: Callable[[Handle], Outcome | None], bound: float) -> Outcome | None:
+    until = time.monotonic() + bound
+    while time.monotonic() < until:
+        handle.kill(PROBE)
+        if (got := reported(handle)) is not None:
+            return got
+    return None
+
+
+def _reported_by_poll(handle: Handle) -> Outcome | None:
+    """The killing thread reaps: kill and waitid race in the caller."""
+    return handle.poll()
+
+
+def _reported_by_future(handle: Handle) -> Outcome | None:
+    """The monitor thread reaps: kill races the reap on another thread."""
+    return handle.result(0) if handle.done() else None
+
+
+def _bystander_once(run: Run, rng: random.Random) -> None:
+    handle = run.spawn(["sleep", f"0.0{rng.randrange(10)}"])
+    how = rng.choice(DEATH_WAITERS)
+    got = awaited(how, handle, os.WEXITED, run.bound)
+    run.check(handle.pid, got, {exited(0)}, f"bystander/{how.__name__}")
+
+
+def stop_continue(run: Run, rng: random.Random) -> None:
+    """Children stopped and continued (each change awaited alone), then killed; quick exiters between.
+
+    Stop and continue reports are state changes that a wait for death must keep
+    for a later ``W.STOPPED`` / ``W.CONTINUED`` wait, not discard, and that must
+    not be confused with the death.  The kernel keeps only the latest of them, so
+    each is collected before the next signal is sent.
+    """
+    while run.going():
+        handle = run.spawn(["sleep", "60"])
+        _stop_and_continue(run, rng, handle)
+        handle.kill(signal.SIGKILL)
+        how = rng.choice(DEATH_WAITERS)
+        got = awaited(how, handle, os.WEXITED, run.bound)
+        run.check(handle.pid, got, {killed(signal.SIGKILL)}, f"sigkill/{how.__name__}")
+        _exit_once(run, rng)
+
+
+STOP_THEN_CONTINUE = (
+    (signal.SIGSTOP, os.WSTOPPED, STOPPED),
+    (signal.SIGCONT, os.WCONTINUED, CONTINUED),
+)
+
+
+def _stop_and_continue(run: Run, rng: random.Random, handle: Handle) -> None:
+    for _ in range(rng.randrange(1, 4)):
+        for sig, options, fate in STOP_THEN_CONTINUE:
+            handle.kill(sig)
+            # A look for the death in between must find none, and must leave the
+            # stop or continue report for the wait below (which would hang otherwise).
+            if rng.random() < 0.5 and not run.check(handle.pid, handle.poll(), {NOTHING}, "poll"):
+                return
+            how = rng.choice(CHANGE_WAITERS)
+            got = awaited(how, handle, options, run.bound)
+            if not run.check(handle.pid, got, {fate}, f"{fate.describe()}/{how.__name__}"):
+                return
+
+
+def popen_side_by_side(run: Run, rng: random.Random) -> None:
+    """The subject's Popen and plain ``subprocess.Popen`` in the same threads, awaited in random order.
+
+    Plain Popen reaps its own pid with ``waitpid(pid)``.  A reaper that takes
+    any child leaves it ECHILD, which Popen reports as returncode 0: so exit
+    codes here are never 0.  The subject must also not be confused by children
+    it does not own dying all around it.
+    """
+    while run.going():
+        mine, theirs = rng.randrange(1, 256), rng.randrange(1, 256)
+        pair = [
+            (run.popen(quick_exit(mine, rng)), mine, "subject-popen"),
+            (run.plain_popen(quick_exit(theirs, rng)), theirs, "subprocess.Popen"),
+        ]
+        rng.shuffle(pair)
+        for popen, code, what in pair:
+            run.check(popen.pid, _returncode(popen, run.bound), {exited(code)}, what)
+
+
+def _returncode(popen: Waitable, bound: float) -> Outcome | None:
+    try:
+        return Outcome.of_returncode(popen.pid, popen.wait(timeout=bound))
+    except (TimeoutError, subprocess.TimeoutExpired):
+        return None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    body: Callable[[Run, random.Random], None]
+    crew: str
+    """``late``: threads started after the monitor; ``early``: before syncmon was imported."""
+    summary: str
+    needs_popen: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            "exit_codes",
+            exit_codes,
+            "late",
+            "threads spawn children with random exit codes; wait, future and poll",
+        ),
+        Scenario(
+            "kill_race", kill_race, "late", "kill() across the reap while bystanders take the freed pids"
+        ),
+        Scenario(
+            "early_threads",
+            exit_codes,
+            "early",
+            "exit_codes from threads started before syncmon (SIGCHLD not blocked)",
+        ),
+        Scenario(
+            "stop_continue",
+            stop_continue,
+            "late",
+            "SIGSTOP/SIGCONT awaited with W.STOPPED/W.CONTINUED, then SIGKILL",
+        ),
+        Scenario(
+            "popen_side_by_side",
+            popen_side_by_side,
+            "late",
+            "the subject's Popen next to plain subprocess.Popen",
+            needs_popen=True,
+        ),
+    )
+}

@@ -1,0 +1,44 @@
+"""The stress harness as a test: ``python -m stress --short --json`` must find no syncmon error.
+
+It also checks that the run proved something: inside a pid namespace (root,
+Linux 6.14+) pids must actually have been reused in every scenario, or the
+absence of errors would mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 240
+"""Seconds.  ``--short`` takes about a minute."""
+
+pytestmark = pytest.mark.timeout(BOUND)
+
+
+def test_short_stress_run_finds_no_syncmon_error() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "stress", "--short", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOUND - 10,
+    )
+    assert completed.stdout, completed.stderr
+    result = json.loads(completed.stdout)
+    in_namespace = result["environment"]["namespace"]
+    checked = {name: run for name, run in result["subjects"].items() if run["gates_exit_status"]}
+    assert "syncmon" in checked
+    for name, run in checked.items():
+        assert run["finished"], f"{name} worker did not finish:\n{run['stderr']}"
+        for scenario, tally in run["scenarios"].items():
+            assert tally["errors"] == 0, f"{name}/{scenario}: {tally}"
+            if in_namespace and not tally["skipped"]:
+                assert tally["pid_reuses"] > 0, f"{name}/{scenario}: no pid was reused"
+    assert result["environment"]["host_pid_max_after"] == result["environment"]["host_pid_max_before"]
+    assert completed.returncode == 0, result["failures"]
