@@ -23,6 +23,7 @@ aarch64); syncmon supports nothing else.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import cffi
@@ -117,6 +118,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNS = 0x00020000
 
 
+@functools.cache
 def has_symbol(name: str) -> bool:
     """Whether this libc exports ``name`` (glibc extensions came late)."""
     try:
@@ -124,6 +126,25 @@ def has_symbol(name: str) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def _make_fork_safe() -> None:
+    """Do every first use of cffi now, at import.
+
+    cffi parses a C type, and binds a library function, under an internal
+    lock the first time each is used.  A fork taken while another thread
+    holds that lock leaves it held forever in the fork child, whose first
+    ``spawn`` would then hang.  Parsed types and bound functions are cached
+    and later uses take no lock, so doing them all here closes that window.
+    """
+    for cdecl in ("int *", "char[]", "char *[]", "uintptr_t", "sigset_t *", "struct sigaction *",
+                  "struct pidfd_info *", "posix_spawn_file_actions_t *", "posix_spawnattr_t *"):
+        ffi.typeof(cdecl)
+    for name in dir(lib):
+        has_symbol(name)
+
+
+_make_fork_safe()
 
 
 def check(result: int, what: str = "") -> int:

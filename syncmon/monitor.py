@@ -20,6 +20,7 @@ The monitor thread does three things on each wake-up:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from . import pidfd as pidfds
 from .child import ChildHandle, W
 from .futures import CallbackRunner
-from .signalfd import SignalFD, threads_not_blocking
+from .signalfd import SignalFD, children_autoreaped, threads_not_blocking
 from .spawn import Redirect, StrOrBytesPath, as_command, child_signal_mask, spawn_process
 
 if TYPE_CHECKING:
@@ -348,6 +349,14 @@ class Monitor:
         Reserving under the monitor's lock means a concurrent ``close()``
         cannot stop the engine between the check and the registration.
         """
+        if not self.pidfd and children_autoreaped():
+            # No SIGCHLD is even sent then (the kernel reaps at once), and
+            # without pidfds nothing else would ever tell of these children.
+            raise ChildProcessError(
+                errno.ECHILD,
+                "SIGCHLD is set to SIG_IGN (or SA_NOCLDWAIT): the kernel reaps children at once, "
+                "and a monitor without pidfds could never learn how they end",
+            )
         with self._lock:
             engine = self._engine
             if engine is None:
@@ -418,7 +427,14 @@ class Monitor:
     ) -> ChildHandle:
         """Make and register the handle; the engine user reserved for it passes to it."""
         try:
-            pidfd = self._open_pidfd(pid) if self.pidfd else None
+            try:
+                pidfd = self._open_pidfd(pid) if self.pidfd else None
+            except ChildProcessError:
+                if verify:
+                    raise
+                # We started it a moment ago and it is already reaped: the
+                # kernel did it (SIGCHLD ignored) or a foreign reaper did.
+                return self._lost_at_birth(engine, pid, command, lock)
             try:
                 if verify:
                     _check_own_child(pid, pidfd)
@@ -442,6 +458,20 @@ class Monitor:
             # so one that is already readable reports at once.)
             handle._collect()
         return registered
+
+    @staticmethod
+    def _lost_at_birth(
+        engine: Engine, pid: int, command: list[Any] | None, lock: threading.Lock | None
+    ) -> ChildHandle:
+        """A handle for a child that was reaped before it could be watched.
+
+        It is never registered: its pid may already be somebody else's.
+        Its waits and future fail with ``ReapedElsewhere``.
+        """
+        handle = ChildHandle(engine, pid, None, command, lock=lock)
+        with handle._lock:
+            handle._record_reaped_elsewhere()
+        return handle
 
     @staticmethod
     def _register(engine: Engine, handle: ChildHandle, pidfd: int | None, *, adopting: bool) -> ChildHandle:
