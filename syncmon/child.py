@@ -11,13 +11,15 @@ pidfd, else ``P_PID``), never from reaping "any child".
 from __future__ import annotations
 
 import enum
+import math
 import os
+import select
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import pidfd as pidfds
 from .futures import DeathFuture
@@ -174,10 +176,15 @@ def _check_options(options: W | int, *, allow_nohang: bool = False) -> W:
     return flags
 
 
+# signal.valid_signals() builds a set of enum members on every call, which
+# costs more than the kill itself: ask once.
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals()) | {0}
+
+
 def _check_signal(sig: int) -> int:
     if isinstance(sig, bool) or not isinstance(sig, int):
         raise TypeError(f"a signal number is an int, not {type(sig).__name__}")
-    if sig != 0 and sig not in signal.valid_signals():
+    if sig not in _VALID_SIGNALS:
         raise ValueError(f"invalid signal number {sig}")
     return sig
 
@@ -214,6 +221,7 @@ class ChildHandle:
         self._reaps = reaps
         self._death: ChildState | None = None
         self._lost: ReapedElsewhere | None = None
+        self._pollers = 0  # threads in _wait_on_pidfd; guarded by the lock
 
     # -- what the kernel says -------------------------------------------------
 
@@ -299,6 +307,7 @@ class ChildHandle:
         else:
             self._lost = outcome
             self.future.set_exception(outcome)
+        self._engine.death_recorded()
         self._engine.release()
 
     def _record_reaped_elsewhere(self) -> None:
@@ -366,25 +375,87 @@ class ChildHandle:
     def wait(self, options: W | int = W.EXITED, timeout: float | None = None) -> ChildState:
         """Block until the child changes state as ``options`` asks, and return that state.
 
-        Raises ``TimeoutError`` once ``timeout`` seconds pass.  Sleeping is
-        on the monitor's condition, never a sleep-and-look loop.
+        Raises ``TimeoutError`` once ``timeout`` seconds pass.  Nothing here
+        sleeps-and-looks: the thread sleeps until the kernel or the monitor
+        says that something changed.
         """
         wanted = _check_options(options)
         deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        if not wanted & (W.STOPPED | W.CONTINUED):
+            pidfd = self._private_pidfd()
+            if pidfd is not None:
+                try:
+                    return self._wait_on_pidfd(pidfd, wanted, deadline, timeout)
+                finally:
+                    self._release_private_pidfd(pidfd)
         engine = self._engine
         with engine.waiting(wanted):
-            while True:
-                # Read the generation *before* asking the kernel: a SIGCHLD that
-                # arrives while waitid runs then moves it, and the sleep below
-                # returns at once instead of sleeping through that change.
-                generation = engine.generation
-                state = self._try(wanted)
-                if state is not None:
-                    return state
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"pid {self.pid} did not change state within {timeout} s")
-                engine.wait_for_change(generation, remaining)
+            # Read the generation *before* asking the kernel: a SIGCHLD that
+            # arrives while waitid runs then moves it, and the sleep returns
+            # at once instead of sleeping through that change.
+            return self._wait_loop(wanted, deadline, timeout, lambda: engine.generation, engine.wait_for_change)
+
+    def _private_pidfd(self) -> int | None:
+        """A duplicate of the pidfd, for this waiter alone, while the child is unreaped.
+
+        The handle closes its own pidfd at the death, possibly while this
+        waiter is about to poll it; a private duplicate cannot be closed (and
+        its number reused) under the waiter.  Taken under the lock for that
+        reason.  While any waiter polls, the monitor thread is told not to
+        wake for this child (:meth:`Engine.pause_pidfd`).
+        """
+        with self._lock:
+            if self._pidfd is None or self._death is not None or self._lost is not None:
+                return None
+            if not self._pollers:
+                self._engine.pause_pidfd(self._pidfd)
+            self._pollers += 1
+            return os.dup(self._pidfd)
+
+    def _release_private_pidfd(self, pidfd: int) -> None:
+        os.close(pidfd)
+        with self._lock:
+            self._pollers -= 1
+            if not self._pollers and self._pidfd is not None:
+                # Left by timeout or an exception, child not reaped: nobody
+                # else may be looking, so hand the child back to the monitor.
+                self._engine.resume_pidfd(self._pidfd)
+
+    def _wait_on_pidfd(self, pidfd: int, wanted: W, deadline: float | None, timeout: float | None) -> ChildState:
+        """An exit wait that sleeps in ``poll()`` on the child's own pidfd.
+
+        The kernel wakes this thread directly when the child exits: one
+        thread hop instead of two (kernel, monitor thread, waiter), and no
+        wake-up at all for other children's deaths.  The monitor still reaps
+        for the future; whichever of the two comes second finds the death
+        recorded.
+        """
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+
+        def sleep(_: object, remaining: float | None) -> None:
+            poller.poll(None if remaining is None else math.ceil(remaining * 1000))
+
+        return self._wait_loop(wanted, deadline, timeout, lambda: None, sleep)
+
+    def _wait_loop(
+        self,
+        wanted: W,
+        deadline: float | None,
+        timeout: float | None,
+        mark: Callable[[], Any],
+        sleep: Callable[[Any, float | None], object],
+    ) -> ChildState:
+        """Ask the kernel; if nothing yet, sleep until ``mark()``'s moment is past."""
+        while True:
+            moment = mark()
+            state = self._try(wanted)
+            if state is not None:
+                return state
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"pid {self.pid} did not change state within {timeout} s")
+            sleep(moment, remaining)
 
     def poll(self, options: W | int = W.EXITED) -> ChildState | None:
         """The wanted state change if there is one right now; never blocks."""

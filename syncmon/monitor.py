@@ -58,8 +58,8 @@ class Engine:
         self.sigchld_blocked_by_user: bool = _sigchld_blocked_by_user
         self._epoll = select.epoll()
         self._wakeup = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._epoll.register(self._signals.fd, select.EPOLLIN)
         self._epoll.register(self._wakeup, select.EPOLLIN)
+        self._signalfd_watched = False  # see _update_signal_interest
 
         self._condition = threading.Condition(threading.Lock())
         self.generation = 0
@@ -67,6 +67,7 @@ class Engine:
         self._registry_lock = threading.Lock()
         self._by_pid: dict[int, ChildHandle] = {}
         self._by_pidfd: dict[int, ChildHandle] = {}
+        self._paused: set[int] = set()  # pidfds a waiter polls itself: see pause_pidfd
         self._signal_only = 0  # handles without a pidfd: only SIGCHLD tells of them
         self._signal_waiters = 0  # waits for stop/continue: only SIGCHLD tells of those
 
@@ -88,6 +89,16 @@ class Engine:
             if self.generation == generation:
                 self._condition.wait(timeout)
 
+    def death_recorded(self) -> None:
+        """A thread other than the monitor reaped a child: wake that child's other waiters.
+
+        They cannot count on the SIGCHLD of that death to wake them: with no
+        child left that needs it, nobody listens to the signalfd any more.
+        The monitor thread bumps once after its whole reap pass instead.
+        """
+        if threading.current_thread() is not self._thread:
+            self._bump()
+
     def _bump(self) -> None:
         with self._condition:
             self.generation += 1
@@ -101,12 +112,32 @@ class Engine:
             return
         with self._registry_lock:
             self._signal_waiters += 1
+            self._update_signal_interest()
         self._rescue_changed()
         try:
             yield
         finally:
             with self._registry_lock:
                 self._signal_waiters -= 1
+                self._update_signal_interest()
+
+    def _update_signal_interest(self) -> None:
+        """Listen to the signalfd only while something depends on SIGCHLD.
+
+        Exits of children with a pidfd are told by the pidfd; SIGCHLD only
+        matters to children without one and to stop/continue waits.  Waking
+        the monitor thread for every SIGCHLD regardless would make it compete
+        for the GIL with the very waiter the death concerns.  A SIGCHLD that
+        arrives while nobody listens stays pending, and is drained (a harmless
+        extra wake-up) once somebody does.  Call with the registry lock held.
+        """
+        wanted = bool(self._signal_only or self._signal_waiters)
+        if wanted != self._signalfd_watched:
+            if wanted:
+                self._epoll.register(self._signals.fd, select.EPOLLIN)
+            else:
+                self._epoll.unregister(self._signals.fd)
+            self._signalfd_watched = wanted
 
     # -- the registry --------------------------------------------------------------
 
@@ -119,6 +150,7 @@ class Engine:
             self._by_pid[handle.pid] = handle
             if pidfd is None:
                 self._signal_only += 1
+                self._update_signal_interest()
             else:
                 self._by_pidfd[pidfd] = handle
                 self._epoll.register(pidfd, select.EPOLLIN)
@@ -135,9 +167,37 @@ class Engine:
             pidfd = handle._pidfd
             if pidfd is None:
                 self._signal_only -= 1
+                self._update_signal_interest()
             else:
                 del self._by_pidfd[pidfd]
+                if pidfd in self._paused:
+                    self._paused.discard(pidfd)
+                else:
+                    self._epoll.unregister(pidfd)
+
+    def pause_pidfd(self, pidfd: int) -> None:
+        """Stop the monitor thread from waking for a pidfd that a waiter polls itself.
+
+        The waiter reaps and resolves the future; were the monitor woken too,
+        the two threads would only queue for the GIL and the handle's lock,
+        and the waiter would learn of the death later.  Called with the
+        handle's lock held, before its first poller starts.
+        """
+        with self._registry_lock:
+            if pidfd in self._by_pidfd and pidfd not in self._paused:
                 self._epoll.unregister(pidfd)
+                self._paused.add(pidfd)
+
+    def resume_pidfd(self, pidfd: int) -> None:
+        """The last poller left with the child unreaped: the monitor watches again.
+
+        epoll is level-triggered, so a child that exited meanwhile is
+        reported at once and its future still resolves.
+        """
+        with self._registry_lock:
+            if pidfd in self._paused:
+                self._paused.discard(pidfd)
+                self._epoll.register(pidfd, select.EPOLLIN)
 
     # -- the thread ------------------------------------------------------------------
 
@@ -202,11 +262,6 @@ class Engine:
                     ready.append(handle)
         if not events:
             self._lossy = threads_not_blocking() > 0
-        if sigchld or ready:
-            # Wake the waiters first: they ask the kernel in parallel with
-            # the reap pass below, and whoever comes second finds the death
-            # recorded under the handle's lock.
-            self._bump()
         if sigchld:
             ready += self._signal_only_handles()
         for handle in ready:
@@ -215,6 +270,11 @@ class Engine:
             except Exception:
                 # One child's trouble must not end the monitoring of all the others.
                 _logger.exception("syncmon: reap pass failed for %r", handle)
+        if sigchld or ready:
+            # Reap first, then wake: under the GIL the woken waiters could not
+            # run alongside the reap pass anyway, and this way they find the
+            # deaths recorded instead of queueing for the handles' locks.
+            self._bump()
 
     def _signal_only_handles(self) -> list[ChildHandle]:
         with self._registry_lock:
