@@ -81,6 +81,10 @@ ffi.cdef(
                     const posix_spawn_file_actions_t *file_actions,
                     const posix_spawnattr_t *attrp,
                     char *const argv[], char *const envp[]);
+    int posix_spawnp(int *pid, const char *file,
+                     const posix_spawn_file_actions_t *file_actions,
+                     const posix_spawnattr_t *attrp,
+                     char *const argv[], char *const envp[]);
 
     struct pidfd_info {
         uint64_t mask;
@@ -137,7 +141,7 @@ def _make_fork_safe() -> None:
     ``spawn`` would then hang.  Parsed types and bound functions are cached
     and later uses take no lock, so doing them all here closes that window.
     """
-    for cdecl in ("int *", "char[]", "char *[]", "uintptr_t", "sigset_t *", "struct sigaction *",
+    for cdecl in ("int *", "char *", "char[]", "char *[]", "uintptr_t", "sigset_t *", "struct sigaction *",
                   "struct pidfd_info *", "posix_spawn_file_actions_t *", "posix_spawnattr_t *"):
         ffi.typeof(cdecl)
     for name in dir(lib):

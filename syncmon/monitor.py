@@ -32,7 +32,7 @@ from . import pidfd as pidfds
 from .child import ChildHandle, W
 from .futures import CallbackRunner
 from .signalfd import SignalFD, children_autoreaped, threads_not_blocking
-from .spawn import Redirect, StrOrBytesPath, as_command, child_signal_mask, spawn_process
+from .launch import Redirect, StrOrBytesPath, as_command, child_signal_mask, spawn_process
 
 if TYPE_CHECKING:
     from .popen import Popen

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .child import ChildHandle
 from .futures import CallbackRunner, DeferringFuture
 from .monitor import Monitor, default_monitor
-from .spawn import as_command
+from .launch import as_command
 
 _CHUNK = 65536
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .child import ChildHandle, ChildState, ReapedElsewhere, W
 from .monitor import Monitor, default_monitor
-from .spawn import as_command
+from .launch import as_command
 
 
 class Popen(subprocess.Popen):  # type: ignore[type-arg]

@@ -16,6 +16,7 @@ a program like a shell would otherwise never hear of its own children.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ Redirect = Union[None, int, IO[Any]]
 
 #: Reset to the default action in the child, as subprocess's restore_signals does:
 #: Python ignores SIGPIPE and SIGXFSZ, and an exec'd program should not inherit that.
-_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+_RESTORED_SIGNALS = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
 
 
 def as_command(argv: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[Any]:
@@ -78,10 +79,14 @@ def _encode_environment(env: Mapping[Any, Any] | None) -> list[bytes]:
     return entries
 
 
+def _needs_own_path_search(program: bytes, env: Mapping[Any, Any] | None) -> bool:
+    """Whether glibc's PATH search (``posix_spawnp``, which reads *our* PATH)
+    would look in the wrong places: only when the child gets another PATH."""
+    return b"/" not in program and env is not None and os.get_exec_path(env) != os.get_exec_path()
+
+
 def _find_program(program: bytes, env: Mapping[Any, Any] | None) -> bytes:
     """Resolve ``program`` on the child's PATH, as subprocess does (not the parent's)."""
-    if b"/" in program:
-        return program
     path = os.pathsep.join(os.fsdecode(d) for d in os.get_exec_path(env))
     found = shutil.which(os.fsdecode(program), path=path)
     if found is None:
@@ -105,7 +110,10 @@ def _redirect_fd(target: Redirect, name: str) -> int | None:
     raise TypeError(f"{name} must be None, a file descriptor, a file object or DEVNULL")
 
 
-def _sigset(signals: Iterable[int]) -> Any:
+@functools.lru_cache(maxsize=8)
+def _sigset(signals: frozenset[int]) -> Any:
+    """A C ``sigset_t``; cached, since a program's threads share a few masks
+    and posix_spawnattr_* only copy from it."""
     mask = ffi.new("sigset_t *")
     lib.sigemptyset(mask)
     for signum in signals:
@@ -132,9 +140,16 @@ class _SpawnRequest:
         self._keepalive: list[Any] = []
 
     def strings(self, values: list[bytes]) -> Any:
-        cstrings = [ffi.new("char[]", value) for value in values]
-        array = ffi.new("char *[]", cstrings + [ffi.NULL])
-        self._keepalive.append((cstrings, array))
+        """A NULL-terminated ``char *[]`` pointing into one buffer: one
+        allocation instead of one per string (the environment has dozens)."""
+        blob = ffi.new("char[]", b"\0".join(values))  # cffi adds the last NUL
+        array = ffi.new("char *[]", len(values) + 1)  # zeroed: ends in NULL
+        base = ffi.cast("char *", blob)
+        offset = 0
+        for index, value in enumerate(values):
+            array[index] = base + offset
+            offset += len(value) + 1
+        self._keepalive.append((blob, array))
         return array
 
     def close(self) -> None:
@@ -186,8 +201,7 @@ class _SpawnRequest:
         self, sigmask: set[int], start_new_session: bool, process_group: int | None
     ) -> None:
         flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
-        mask, defaults = _sigset(sigmask), _sigset(_RESTORED_SIGNALS)
-        self._keepalive += [mask, defaults]
+        mask, defaults = _sigset(frozenset(sigmask)), _sigset(_RESTORED_SIGNALS)
         check_errno_result(lib.posix_spawnattr_setsigmask(self.attributes, mask))
         check_errno_result(lib.posix_spawnattr_setsigdefault(self.attributes, defaults))
         if start_new_session:
@@ -234,7 +248,9 @@ def spawn_process(
             raise ValueError("start_new_session already makes a new process group")
     streams = [_redirect_fd(stdin, "stdin"), _redirect_fd(stdout, "stdout"), _redirect_fd(stderr, "stderr")]
     fds = _check_fds(pass_fds)
-    program = _find_program(arguments[0], env)
+    program, spawn = arguments[0], lib.posix_spawnp
+    if _needs_own_path_search(program, env):
+        program, spawn = _find_program(program, env), lib.posix_spawn
 
     request = _SpawnRequest()
     try:
@@ -246,7 +262,7 @@ def spawn_process(
         request.set_attributes(sigmask, start_new_session, process_group)
         pid = ffi.new("int *")
         check_errno_result(
-            lib.posix_spawn(
+            spawn(
                 pid,
                 program,
                 request.actions,
