@@ -1,0 +1,80 @@
+"""Run one trial in this (fresh) process: ``python -m bench.worker '<json spec>'``.
+
+One process per trial because the contenders would otherwise contaminate each
+other: a monitor thread or a child watcher left from an earlier trial would wake on
+every later SIGCHLD, ru_maxrss is a high-water mark that never comes down, and
+threads or fds left behind would be billed to whoever runs next.
+
+Prints one JSON object on stdout: the workload's result, or {"error": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench.contenders import CONTENDERS, Contender
+from bench.workloads import WORKLOADS, devnull_stdio, resolve
+
+
+def _raise_fd_limit() -> None:
+    # Pidfd-based contenders hold one fd per live child; a few thousand children
+    # must not hit a soft limit of 1024.  Only this process's soft limit changes.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _warm_up(contender: Contender) -> None:
+    # First use pays for lazy imports and cold code paths in every contender alike;
+    # none of that is what the trial measures.
+    with devnull_stdio() as stdio:
+        contender.stream([resolve("true")], 4, 2, stdio)
+
+
+def _failure(exc: BaseException) -> dict[str, str]:
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    contender = CONTENDERS[spec["contender"]]()
+    workload = WORKLOADS[spec["workload"]]
+    contender.open()
+    try:
+        _warm_up(contender)
+        result = workload(contender, **spec["params"])
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which goes on
+        result = _failure(exc)
+    try:
+        contender.close()
+    except Exception as exc:  # noqa: BLE001
+        # The figures were complete before close(): keep them, and report the
+        # failure beside them (it is a bug in the contender, not a bad sample).
+        result["teardown_error"] = _failure(exc)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
+    _raise_fd_limit()
+    started = time.monotonic()
+    result = run_trial(spec)
+    result["worker_s"] = time.monotonic() - started
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    if "error" in result and os.getpgid(0) == os.getpid():
+        # A failed trial may leave children blocked on a pipe or asleep.  We lead our
+        # own process group (the scheduler starts us in a new session) and are still
+        # alive, so the group id is ours: take the group, and ourselves, down.
+        os.killpg(0, signal.SIGKILL)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
