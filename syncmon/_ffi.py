@@ -94,6 +94,8 @@ ffi.cdef(
     };
     int ioctl(int fd, unsigned long request, ...);
 
+    extern char **environ;
+
     int prctl(int option, unsigned long arg2, unsigned long arg3,
               unsigned long arg4, unsigned long arg5);
     int unshare(int flags);

@@ -52,7 +52,6 @@ class CLD(enum.IntEnum):
 
 _DEATHS = frozenset({CLD.EXITED, CLD.KILLED, CLD.DUMPED})
 _STOPS = frozenset({CLD.STOPPED, CLD.TRAPPED})
-_KINDS = W.EXITED | W.STOPPED | W.CONTINUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,18 +159,23 @@ class ReapedElsewhere(ChildProcessError):
         self.pid = pid
 
 
-_ALL_OPTIONS = W.EXITED | W.STOPPED | W.CONTINUED | W.NOHANG | W.NOWAIT
+# Internally the options are plain ints: IntFlag arithmetic costs several
+# microseconds a call, on the path of every wait.
+_EXITED, _STOPPED, _CONTINUED, _NOHANG, _NOWAIT = (
+    os.WEXITED, os.WSTOPPED, os.WCONTINUED, os.WNOHANG, os.WNOWAIT)
+_STOP_KINDS = _STOPPED | _CONTINUED
+_ALL_OPTIONS = _EXITED | _STOP_KINDS | _NOHANG | _NOWAIT
 
 
-def _check_options(options: W | int, *, allow_nohang: bool = False) -> W:
+def _check_options(options: W | int, *, allow_nohang: bool = False) -> int:
     if isinstance(options, bool) or not isinstance(options, int):
         raise TypeError(f"options must be W flags, not {type(options).__name__}")
-    if int(options) & ~int(_ALL_OPTIONS):
+    flags = int(options)
+    if flags & ~_ALL_OPTIONS:
         raise ValueError(f"unknown waitid options: {options!r}")
-    flags = W(options)
-    if not flags & _KINDS:
+    if not flags & (_EXITED | _STOP_KINDS):
         raise ValueError("options must include W.EXITED, W.STOPPED or W.CONTINUED")
-    if flags & W.NOHANG and not allow_nohang:
+    if flags & _NOHANG and not allow_nohang:
         raise ValueError("wait() with W.NOHANG would not wait: use poll()")
     return flags
 
@@ -245,7 +249,7 @@ class ChildHandle:
             raise ReapedElsewhere(self.pid)
         return ChildState.from_wait_status(self.pid, status)
 
-    def _ask_kernel(self, options: W) -> ChildState | None:
+    def _ask_kernel(self, options: int) -> ChildState | None:
         """The next state change that ``options`` wants, consuming it unless peeking.
 
         ``WEXITED`` is always asked for: a child that dies can never stop or
@@ -253,14 +257,14 @@ class ChildHandle:
         reports are asked for only when wanted, so one nobody asked for stays
         queued in the kernel for the next waiter that wants it (rule 5).
         """
-        peek = W.NOWAIT if options & W.NOWAIT or not self._reaps else W(0)
-        kinds = options & (W.STOPPED | W.CONTINUED)
+        peek = _NOWAIT if options & _NOWAIT or not self._reaps else 0
+        kinds = options & _STOP_KINDS
         if peek and kinds:
             # A peek leaves a stop in place, and every later waiter would get
             # the same one: look at the death without consuming it, but take
             # stops and continues for real unless the caller peeks.
-            return self._waitid(W.EXITED | peek) or self._waitid(kinds | (options & W.NOWAIT))
-        return self._waitid(W.EXITED | kinds | peek)
+            return self._waitid(_EXITED | peek) or self._waitid(kinds | (options & _NOWAIT))
+        return self._waitid(_EXITED | kinds | peek)
 
     # -- recording the death ---------------------------------------------------
 
@@ -270,7 +274,7 @@ class ChildHandle:
                 f"pid {self.pid} was watched by the parent process: after fork() this handle is dead"
             )
 
-    def _try(self, options: W) -> ChildState | None:
+    def _try(self, options: int) -> ChildState | None:
         """Return the wanted state if there is one now; record a death exactly once."""
         self._check_usable()
         with self._lock:
@@ -283,7 +287,7 @@ class ChildHandle:
             except ReapedElsewhere as lost:
                 self._record(lost)
                 raise
-            if state is not None and state.died() and not options & W.NOWAIT:
+            if state is not None and state.died() and not options & _NOWAIT:
                 self._record(state)
             return state
 
@@ -366,7 +370,7 @@ class ChildHandle:
     def _collect(self) -> None:
         """The monitor's reap pass for this child: record a death, if any, for the future."""
         try:
-            self._try(W.EXITED)
+            self._try(_EXITED)
         except ReapedElsewhere:
             pass  # recorded: the future and every wait now fail with it
 
@@ -381,7 +385,7 @@ class ChildHandle:
         """
         wanted = _check_options(options)
         deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
-        if not wanted & (W.STOPPED | W.CONTINUED):
+        if not wanted & _STOP_KINDS:
             pidfd = self._private_pidfd()
             if pidfd is not None:
                 try:
@@ -421,7 +425,7 @@ class ChildHandle:
                 # else may be looking, so hand the child back to the monitor.
                 self._engine.resume_pidfd(self._pidfd)
 
-    def _wait_on_pidfd(self, pidfd: int, wanted: W, deadline: float | None, timeout: float | None) -> ChildState:
+    def _wait_on_pidfd(self, pidfd: int, wanted: int, deadline: float | None, timeout: float | None) -> ChildState:
         """An exit wait that sleeps in ``poll()`` on the child's own pidfd.
 
         The kernel wakes this thread directly when the child exits: one
@@ -440,7 +444,7 @@ class ChildHandle:
 
     def _wait_loop(
         self,
-        wanted: W,
+        wanted: int,
         deadline: float | None,
         timeout: float | None,
         mark: Callable[[], Any],

@@ -67,9 +67,7 @@ def normalize_argv(argv: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[byte
     return encoded
 
 
-def _encode_environment(env: Mapping[Any, Any] | None) -> list[bytes]:
-    if env is None:
-        return [key + b"=" + value for key, value in os.environb.items()]
+def _encode_environment(env: Mapping[Any, Any]) -> list[bytes]:
     entries = []
     for key, value in env.items():
         key, value = os.fsencode(key), os.fsencode(value)
@@ -238,7 +236,7 @@ def spawn_process(
 ) -> int:
     """Start ``argv`` and return its pid; every argument is checked before anything starts."""
     arguments = normalize_argv(argv)
-    environment = _encode_environment(env)
+    environment = None if env is None else _encode_environment(env)
     if process_group is not None:
         if isinstance(process_group, bool) or not isinstance(process_group, int):
             raise TypeError("process_group must be an int")
@@ -268,7 +266,9 @@ def spawn_process(
                 request.actions,
                 request.attributes,
                 request.strings(arguments),
-                request.strings(environment),
+                # No env: the C environ, which os.environ keeps current
+                # (putenv), exactly what subprocess's exec would pass.
+                lib.environ if environment is None else request.strings(environment),
             ),
             os.fsdecode(arguments[0]),
         )

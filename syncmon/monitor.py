@@ -29,7 +29,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from . import pidfd as pidfds
-from .child import ChildHandle, W
+from .child import ChildHandle
 from .futures import CallbackRunner
 from .signalfd import SignalFD, children_autoreaped, threads_not_blocking
 from .launch import Redirect, StrOrBytesPath, as_command, child_signal_mask, spawn_process
@@ -105,9 +105,9 @@ class Engine:
             self._condition.notify_all()
 
     @contextlib.contextmanager
-    def waiting(self, options: W) -> Iterator[None]:
+    def waiting(self, options: int) -> Iterator[None]:
         """Count waits that only SIGCHLD can end, so a lossy process gets rescue ticks."""
-        if not options & (W.STOPPED | W.CONTINUED):
+        if not options & (os.WSTOPPED | os.WCONTINUED):
             yield
             return
         with self._registry_lock:
