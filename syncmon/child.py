@@ -268,6 +268,14 @@ class ChildHandle:
 
     # -- recording the death ---------------------------------------------------
 
+    @property
+    def _gone(self) -> bool:
+        """Whether the child's end is recorded (its death, or that it was lost).
+
+        From then on its pid may belong to somebody else: nothing may use it.
+        """
+        return self._death is not None or self._lost is not None
+
     def _check_usable(self) -> None:
         if self._engine.abandoned:
             raise RuntimeError(
@@ -329,7 +337,7 @@ class ChildHandle:
         (seen with ``WNOWAIT`` before somebody else reaped); otherwise it is
         recovered through the pidfd, or recorded as lost.
         """
-        if self._death is None and self._lost is None:
+        if not self._gone:
             self._record_reaped_elsewhere()
         if self._lost is not None:
             raise self._lost
@@ -343,7 +351,7 @@ class ChildHandle:
         the pid must not be asked about again; only the pidfd may be.
         """
         with self._lock:
-            if self._death is None and self._lost is None:
+            if not self._gone:
                 if not certain and not self._pidfd_says_reaped():
                     return False
                 self._record_reaped_elsewhere()
@@ -363,7 +371,7 @@ class ChildHandle:
 
         Call with the shared lock held, right after the owner's ``waitpid``.
         """
-        if self._death is None and self._lost is None:
+        if not self._gone:
             self._record(ChildState.from_wait_status(self.pid, status))
         return self._death or ChildState.from_wait_status(self.pid, status)
 
@@ -409,7 +417,7 @@ class ChildHandle:
         wake for this child (:meth:`Engine.pause_pidfd`).
         """
         with self._lock:
-            if self._pidfd is None or self._death is not None or self._lost is not None:
+            if self._pidfd is None or self._gone:
                 return None
             if not self._pollers:
                 self._engine.pause_pidfd(self._pidfd)
@@ -481,7 +489,7 @@ class ChildHandle:
         _check_signal(sig)
         self._check_usable()
         with self._lock:
-            if self._death is not None or self._lost is not None:
+            if self._gone:
                 return
             if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, sig)
@@ -501,7 +509,7 @@ class ChildHandle:
         _check_signal(sig)
         self._check_usable()
         with self._lock:
-            if self._death is None and self._lost is None:
+            if not self._gone:
                 os.killpg(self.pid, sig)
 
     def check(self, timeout: float | None = None) -> ChildState:

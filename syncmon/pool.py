@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 from .child import ChildHandle
 from .futures import CallbackRunner, DeferringFuture

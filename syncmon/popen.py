@@ -19,7 +19,6 @@ changes how a death is learned:
 
 from __future__ import annotations
 
-import errno
 import inspect
 import os
 import subprocess
@@ -86,13 +85,7 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         except ChildProcessError:
             return self.pid, self._handle._settle_lost().to_wait_status()
 
-    def _internal_poll(
-        self,
-        _deadstate: int | None = None,
-        _waitpid: Any = None,
-        _WNOHANG: int = os.WNOHANG,
-        _ECHILD: int = errno.ECHILD,
-    ) -> int | None:
+    def _internal_poll(self, _deadstate: int | None = None) -> int | None:
         """CPython's non-blocking poll, reaping through :meth:`_try_wait`.
 
         It runs from ``__del__`` and ``subprocess._cleanup`` too, so it refers
@@ -108,8 +101,16 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         if not self._waitpid_lock.acquire(known_dead):
             return None
         try:
+            self._reap_if_dead(_deadstate)
+        finally:
+            self._waitpid_lock.release()
+        return self.returncode
+
+    def _reap_if_dead(self, _deadstate: int | None = None) -> None:
+        """With ``_waitpid_lock`` held: reap the child if it is dead, setting ``returncode``."""
+        try:
             if self.returncode is None:
-                pid, status = self._try_wait(_WNOHANG)
+                pid, status = self._try_wait(os.WNOHANG)
                 if pid == self.pid:
                     self._handle_exitstatus(status)
         except OSError as error:
@@ -117,9 +118,6 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
                 self.returncode = _deadstate
             elif isinstance(error, ReapedElsewhere):
                 raise  # never subprocess's invented 0
-        finally:
-            self._waitpid_lock.release()
-        return self.returncode
 
     def _handle_exitstatus(self, sts: int, *args: Any) -> None:
         """Popen reaped the child (its lock held): tell the handle and its future."""
@@ -132,18 +130,19 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
 
         CPython checks with ``poll()`` and then calls ``os.kill`` with no lock
         in between, so a reap in another thread can slip in and the signal hit
-        a reused pid (bpo-38630).  Here the check and the ``kill`` happen
-        under the lock all of Popen's reaping takes.  ``os.kill`` rather than
+        a reused pid (bpo-38630).  Here the reap-if-dead and the ``kill``
+        happen under the lock all of Popen's reaping takes (``poll()`` could
+        not wait for it: it gives up when another thread holds it).  ``os.kill`` rather than
         the pidfd, so code that mocks ``os.kill`` sees the call it expects.
         """
         if self._handle is None:
             return super().send_signal(sig)
-        try:
-            self.poll()
-        except ReapedElsewhere:
-            return  # dead, and its pid possibly reused: never signal it
         with self._waitpid_lock:
-            if self.returncode is not None or self._handle.returncode is not None:
+            try:
+                self._reap_if_dead()
+            except ReapedElsewhere:
+                return  # dead, and its pid possibly reused: never signal it
+            if self.returncode is not None or self._handle._gone:
                 return
             try:
                 os.kill(self.pid, sig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_cpython_suite(mode: str) -> dict:
+    # The checkout first on the path: the suite must test this syncmon even
+    # where it is not installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(RUNNER.parent.parent), os.environ.get("PYTHONPATH")]))}
     completed = subprocess.run(
-        [sys.executable, str(RUNNER), mode], capture_output=True, text=True, timeout=500,
+        [sys.executable, str(RUNNER), mode], capture_output=True, text=True, timeout=500, env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
