@@ -14,8 +14,7 @@ cffi's ABI mode, so that installing syncmon needs no C compiler:
   ``addclosefrom_np`` (close every descriptor a careless library left
   inheritable, as ``subprocess`` does with ``close_fds=True``);
 * ``ioctl(PIDFD_GET_INFO)``, which since Linux 6.15 tells the exit status of a
-  process that somebody else already reaped;
-* ``prctl`` and ``unshare`` for the stress harness.
+  process that somebody else already reaped.
 
 The structure layouts below are glibc's public ones for LP64 Linux (x86-64,
 aarch64); syncmon supports nothing else.
@@ -96,9 +95,6 @@ ffi.cdef(
 
     extern char **environ;
 
-    int prctl(int option, unsigned long arg2, unsigned long arg3,
-              unsigned long arg4, unsigned long arg5);
-    int unshare(int flags);
     """
 )
 lib = ffi.dlopen(None)
@@ -117,11 +113,6 @@ POSIX_SPAWN_SETSID = 0x80
 # first version of the structure; newer kernels accept the old size.
 PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
 PIDFD_INFO_EXIT = 1 << 3
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNS = 0x00020000
 
 
 @functools.cache

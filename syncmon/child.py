@@ -394,6 +394,11 @@ class ChildHandle:
         wanted = _check_options(options)
         deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         if not wanted & _STOP_KINDS:
+            # A child that is already dead needs no poll set-up (a dup, and the
+            # monitor's epoll touched twice): look first.
+            state = self._try(wanted)
+            if state is not None:
+                return state
             pidfd = self._private_pidfd()
             if pidfd is not None:
                 try:

@@ -97,7 +97,7 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         # blocking waitpid).  Once the handle knows the child is dead, the
         # holder can only be the monitor finishing that record, briefly: wait
         # for it, or poll() would report "running" after the future resolved.
-        known_dead = self._handle is not None and self._handle.returncode is not None
+        known_dead = self._handle is not None and self._handle._gone
         if not self._waitpid_lock.acquire(known_dead):
             return None
         try:
