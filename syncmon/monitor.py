@@ -461,19 +461,31 @@ class Monitor:
         # pid still names it when the pidfd is opened.
         return self._watch(engine, pid, as_command(argv))
 
-    def adopt(self, pid: int) -> ChildHandle:
-        """Watch a child made by other means (``os.posix_spawn``, ``fork``, ...).
+    def adopt(self, pid: int, *, pidfd: int | None = None) -> ChildHandle:
+        """Watch a child made by other means (``os.posix_spawn``, ``fork``, ``clone3``, ...).
 
         Raises ``ChildProcessError`` unless ``pid`` is our own unreaped child.
         Adopting a pid this monitor already watches returns the same handle.
+        ``pidfd``: a pidfd the caller opened at the child's birth
+        (``clone3(CLONE_PIDFD)``); the handle takes it over, and closes it even
+        when adopting fails.  Only a pidfd from birth makes adopting immune to
+        a foreign reaper: ``pidfd_open(pid)`` later may name a reused pid.
         """
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
-        if pid <= 0:
-            raise ValueError(f"pid must be positive, not {pid}")
-        if pid == os.getpid():
-            raise ValueError("a process is not its own child")
-        return self._watch(self._open_engine(), pid, None, verify=True)
+        try:
+            if isinstance(pid, bool) or not isinstance(pid, int):
+                raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+            if pid <= 0:
+                raise ValueError(f"pid must be positive, not {pid}")
+            if pid == os.getpid():
+                raise ValueError("a process is not its own child")
+            if pidfd is not None and not self.pidfd:
+                raise ValueError("pidfd= given to a monitor made with pidfd=False")
+            engine = self._open_engine()
+        except BaseException:
+            if pidfd is not None:
+                os.close(pidfd)
+            raise
+        return self._watch(engine, pid, None, verify=True, pidfd=pidfd)
 
     def _watch(
         self,
@@ -484,11 +496,13 @@ class Monitor:
         verify: bool = False,
         lock: threading.Lock | None = None,
         reaps: bool = True,
+        pidfd: int | None = None,
     ) -> ChildHandle:
         """Make and register the handle; the engine user reserved for it passes to it."""
         try:
             try:
-                pidfd = self._open_pidfd(pid) if self.pidfd else None
+                if pidfd is None and self.pidfd:
+                    pidfd = self._open_pidfd(pid)
             except ChildProcessError:
                 if verify:
                     raise
