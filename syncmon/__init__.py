@@ -7,8 +7,11 @@ Nothing in syncmon ever reaps "any child", so a pid is never used after its
 process was reaped.  Importing syncmon starts no thread.
 """
 
-from .child import CLD, ChildHandle, ChildState, ReapedElsewhere, UncleanExit, W
+from .child import ChildHandle
+from .launch import SpawnOptions
 from .monitor import Monitor, adopt, default_monitor, spawn
+from .state import CLD, ChildState, ReapedElsewhere, UncleanExit, W
+from .watch import InheritedAcrossFork
 from .pool import CommandPool
 from .popen import Popen
 
@@ -17,9 +20,11 @@ __all__ = [
     "ChildHandle",
     "ChildState",
     "CommandPool",
+    "InheritedAcrossFork",
     "Monitor",
     "Popen",
     "ReapedElsewhere",
+    "SpawnOptions",
     "UncleanExit",
     "W",
     "adopt",

@@ -21,7 +21,8 @@ import warnings
 from concurrent.futures import Future
 from typing import Any, Callable, Union
 
-from .child import ChildHandle, ChildState, ReapedElsewhere, UncleanExit
+from .child import ChildHandle
+from .state import ChildState, ReapedElsewhere, UncleanExit
 from .monitor import Monitor, default_monitor
 from .popen import Popen
 

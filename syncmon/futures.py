@@ -14,6 +14,7 @@ hop through the pool.
 from __future__ import annotations
 
 import logging
+import threading
 import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -101,3 +102,23 @@ class DeathFuture(DeferringFuture):
     def __init__(self, runner: CallbackRunner) -> None:
         super().__init__(runner)
         self.set_running_or_notify_cancel()
+
+    def resolve(self, state: Any) -> None:
+        """The death is known (for the child's watch alone)."""
+        self.set_result(state)
+
+    def fail(self, error: BaseException) -> None:
+        """The child's end is known, and it has no status (for the child's watch alone)."""
+        self.set_exception(error)
+
+    def abandon(self, error: BaseException) -> None:
+        """In a fork child: fail without running any callback.
+
+        The callbacks were added in the parent and act on its behalf (on its
+        descriptors, its threads); run in the fork child they would write to
+        descriptors this process does not own.  The condition is replaced:
+        a thread of the parent may have held it at the fork.
+        """
+        self._condition = threading.Condition()
+        self._done_callbacks = []
+        self.set_exception(error)

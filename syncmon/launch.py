@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import shutil
 import signal
 import subprocess
-from typing import IO, Any, Iterable, Mapping, Sequence, Union
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, Sequence, Union
 
 from ._ffi import (
     POSIX_SPAWN_SETPGROUP,
@@ -67,45 +70,134 @@ def normalize_argv(argv: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[byte
     return encoded
 
 
-def _encode_environment(env: Mapping[Any, Any]) -> list[bytes]:
+def _encode_environment(env: Mapping[Any, Any]) -> tuple[bytes, ...]:
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of names to values, not {type(env).__name__}")
     entries = []
     for key, value in env.items():
         key, value = os.fsencode(key), os.fsencode(value)
         if b"=" in key or not key or b"\0" in key + value:
             raise ValueError(f"illegal environment variable name or value: {key!r}")
         entries.append(key + b"=" + value)
-    return entries
+    return tuple(entries)
 
 
-def _needs_own_path_search(program: bytes, env: Mapping[Any, Any] | None) -> bool:
-    """Whether glibc's PATH search (``posix_spawnp``, which reads *our* PATH)
-    would look in the wrong places: only when the child gets another PATH."""
-    return b"/" not in program and env is not None and os.get_exec_path(env) != os.get_exec_path()
-
-
-def _find_program(program: bytes, env: Mapping[Any, Any] | None) -> bytes:
+def find_program(program: bytes, search_path: Sequence[str]) -> bytes:
     """Resolve ``program`` on the child's PATH, as subprocess does (not the parent's)."""
-    path = os.pathsep.join(os.fsdecode(d) for d in os.get_exec_path(env))
-    found = shutil.which(os.fsdecode(program), path=path)
+    found = shutil.which(os.fsdecode(program), path=os.pathsep.join(search_path))
     if found is None:
         raise FileNotFoundError(2, "No such file or directory", os.fsdecode(program))
     return os.fsencode(found)
 
 
+_FD_LIMIT = 2**31 - 1  # a C int
+
+
+def _check_fd(fd: object, name: str) -> int:
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"{name} must be a file descriptor (int), not {type(fd).__name__}")
+    if not 0 <= fd <= _FD_LIMIT:
+        raise ValueError(f"{name}: invalid file descriptor {fd}")
+    os.fstat(fd)  # EBADF now, rather than a confusing failure in the child
+    return fd
+
+
 def _redirect_fd(target: Redirect, name: str) -> int | None:
+    """A standard stream's source: ``None`` (inherit), DEVNULL, STDOUT (stderr only) or an open fd."""
     if target is None:
         return None
-    if target is subprocess.PIPE or target == subprocess.PIPE:
-        raise ValueError(f"{name}=PIPE needs pipes the handle does not manage: use Monitor.popen()")
-    if isinstance(target, bool):
-        raise TypeError(f"{name} must be None, a file descriptor, a file object or DEVNULL")
-    if isinstance(target, int):
-        if target < 0 and target != subprocess.DEVNULL and not (name == "stderr" and target == subprocess.STDOUT):
-            raise ValueError(f"{name}: invalid file descriptor {target}")
-        return target
+    if isinstance(target, int) and not isinstance(target, bool):
+        if target == subprocess.PIPE:
+            raise ValueError(f"{name}=PIPE needs pipes the handle does not manage: use Monitor.popen()")
+        if target == subprocess.DEVNULL or (name == "stderr" and target == subprocess.STDOUT):
+            return target
+        return _check_fd(target, name)
     if hasattr(target, "fileno"):
-        return int(target.fileno())
-    raise TypeError(f"{name} must be None, a file descriptor, a file object or DEVNULL")
+        return _check_fd(target.fileno(), name)
+    raise TypeError(f"{name} must be None, a file descriptor, a file object or DEVNULL, not {type(target).__name__}")
+
+
+def _check_process_group(process_group: int | None, start_new_session: bool) -> None:
+    if process_group is None:
+        return
+    if isinstance(process_group, bool) or not isinstance(process_group, int):
+        raise TypeError("process_group must be an int")
+    if not 0 <= process_group <= _FD_LIMIT:
+        raise ValueError("process_group must be 0 (a new group) or a group id")
+    if start_new_session:
+        raise ValueError("start_new_session already makes a new process group")
+
+
+@dataclass(frozen=True)
+class SpawnOptions:
+    """How to start one program: every option checked and normalized once.
+
+    Every way of starting a child (``Monitor.spawn``, ``CommandPool``, the
+    ``ForkServer``) takes its options through :meth:`parse`, so they are all
+    refused the same way, before anything starts.  The fields are plain data
+    (bytes, ints), so a request can be pickled to another process; the
+    descriptors are numbers in *this* process.
+    """
+
+    argv: tuple[bytes, ...]
+    #: ``KEY=VALUE`` entries, or ``None`` to pass our own environment.
+    env: tuple[bytes, ...] | None = None
+    #: The child's PATH where it differs from ours (``env`` changes it), else ``None``.
+    search_path: tuple[str, ...] | None = None
+    cwd: bytes | None = None
+    #: Sources of fds 0, 1, 2: ``None`` (inherit), an fd, DEVNULL, or STDOUT for stderr.
+    streams: tuple[int | None, int | None, int | None] = (None, None, None)
+    start_new_session: bool = False
+    process_group: int | None = None
+    pass_fds: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(
+        cls,
+        argv: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        env: Mapping[Any, Any] | None = None,
+        cwd: StrOrBytesPath | None = None,
+        stdin: Redirect = None,
+        stdout: Redirect = None,
+        stderr: Redirect = None,
+        start_new_session: bool = False,
+        process_group: int | None = None,
+        pass_fds: Iterable[int] = (),
+    ) -> SpawnOptions:
+        """Check the arguments (they mean what they mean to ``subprocess.Popen``);
+        ``TypeError``/``ValueError`` for bad ones, ``OSError`` for a closed fd."""
+        environment = None if env is None else _encode_environment(env)
+        search_path = None
+        if env is not None and (child_path := os.get_exec_path(env)) != os.get_exec_path():
+            search_path = tuple(child_path)
+        directory = None
+        if cwd is not None:
+            directory = os.fsencode(cwd)
+            if b"\0" in directory:
+                raise ValueError("cwd must not contain NUL bytes")
+        _check_process_group(process_group, start_new_session)
+        if isinstance(pass_fds, (str, bytes)) or not isinstance(pass_fds, Iterable):
+            raise TypeError(f"pass_fds must be a collection of ints, not {type(pass_fds).__name__}")
+        kept = tuple(sorted({_check_fd(fd, "pass_fds") for fd in pass_fds}))
+        if kept and kept[0] < 3:
+            raise ValueError(f"pass_fds: {kept[0]} is a standard stream; use stdin/stdout/stderr")
+        return cls(
+            argv=tuple(normalize_argv(argv)),
+            env=environment,
+            search_path=search_path,
+            cwd=directory,
+            streams=(_redirect_fd(stdin, "stdin"), _redirect_fd(stdout, "stdout"), _redirect_fd(stderr, "stderr")),
+            start_new_session=bool(start_new_session),
+            process_group=process_group,
+            pass_fds=kept,
+        )
+
+
+#: The keywords :meth:`SpawnOptions.parse` takes.
+SPAWN_KEYWORDS = frozenset(
+    {"env", "cwd", "stdin", "stdout", "stderr", "start_new_session", "process_group", "pass_fds"}
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -127,6 +219,10 @@ def child_signal_mask(keep_sigchld_blocked: bool) -> set[int]:
     return mask
 
 
+def _open_fds_below(limit: int) -> list[int]:
+    return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd < limit]
+
+
 class _SpawnRequest:
     """The C-side objects of one ``posix_spawn`` call, destroyed in ``close``."""
 
@@ -137,7 +233,7 @@ class _SpawnRequest:
         check_errno_result(lib.posix_spawnattr_init(self.attributes))
         self._keepalive: list[Any] = []
 
-    def strings(self, values: list[bytes]) -> Any:
+    def strings(self, values: Sequence[bytes]) -> Any:
         """A NULL-terminated ``char *[]`` pointing into one buffer: one
         allocation instead of one per string (the environment has dozens)."""
         blob = ffi.new("char[]", b"\0".join(values))  # cffi adds the last NUL
@@ -175,16 +271,22 @@ class _SpawnRequest:
             check_errno_result(lib.posix_spawn_file_actions_adddup2(self.actions, fd, fd))
         if not has_symbol("posix_spawn_file_actions_addclosefrom_np"):
             return  # glibc < 2.34: only descriptors without O_CLOEXEC leak, as with os.posix_spawn
-        keep = set(pass_fds)
-        highest = max(keep, default=2)
-        for fd in range(3, highest):
-            if fd not in keep:
-                # Closing a descriptor that is not open is not an error here.
-                check_errno_result(lib.posix_spawn_file_actions_addclose(self.actions, fd))
-        check_errno_result(lib.posix_spawn_file_actions_addclosefrom_np(self.actions, highest + 1))
+        highest = pass_fds[-1] if pass_fds else 2
+        if pass_fds:
+            # Below the highest kept fd, close the open ones one by one (a
+            # loop over every number up to a high fd would cost millions of
+            # actions).  One opened by another thread after this listing
+            # reaches the child only if it lacks O_CLOEXEC.
+            keep = set(pass_fds)
+            for fd in _open_fds_below(highest):
+                if fd > 2 and fd not in keep:
+                    check_errno_result(lib.posix_spawn_file_actions_addclose(self.actions, fd))
+        if highest + 1 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+            # glibc refuses a start at or past the descriptor limit (EBADF):
+            # there is nothing to close there anyway.
+            check_errno_result(lib.posix_spawn_file_actions_addclosefrom_np(self.actions, highest + 1))
 
-    def chdir(self, cwd: StrOrBytesPath) -> None:
-        path = os.fsencode(cwd)
+    def chdir(self, path: bytes) -> None:
         if not os.path.isdir(path):
             # posix_spawn would report a bad cwd as ENOENT "of the program";
             # say which path is wrong, as subprocess does.
@@ -210,54 +312,21 @@ class _SpawnRequest:
         check_errno_result(lib.posix_spawnattr_setflags(self.attributes, flags))
 
 
-def _check_fds(pass_fds: Iterable[int]) -> list[int]:
-    fds = sorted(set(pass_fds))
-    for fd in fds:
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"pass_fds must hold ints, not {type(fd).__name__}")
-        if fd < 3:
-            raise ValueError(f"pass_fds: {fd} is a standard stream; use stdin/stdout/stderr")
-        os.fstat(fd)  # EBADF now, rather than a confusing failure in the child
-    return fds
 
 
-def spawn_process(
-    argv: StrOrBytesPath | Sequence[StrOrBytesPath],
-    *,
-    sigmask: set[int],
-    env: Mapping[Any, Any] | None = None,
-    cwd: StrOrBytesPath | None = None,
-    stdin: Redirect = None,
-    stdout: Redirect = None,
-    stderr: Redirect = None,
-    start_new_session: bool = False,
-    process_group: int | None = None,
-    pass_fds: Iterable[int] = (),
-) -> int:
-    """Start ``argv`` and return its pid; every argument is checked before anything starts."""
-    arguments = normalize_argv(argv)
-    environment = None if env is None else _encode_environment(env)
-    if process_group is not None:
-        if isinstance(process_group, bool) or not isinstance(process_group, int):
-            raise TypeError("process_group must be an int")
-        if process_group < 0:
-            raise ValueError("process_group must be 0 (a new group) or a group id")
-        if start_new_session:
-            raise ValueError("start_new_session already makes a new process group")
-    streams = [_redirect_fd(stdin, "stdin"), _redirect_fd(stdout, "stdout"), _redirect_fd(stderr, "stderr")]
-    fds = _check_fds(pass_fds)
-    program, spawn = arguments[0], lib.posix_spawnp
-    if _needs_own_path_search(program, env):
-        program, spawn = _find_program(program, env), lib.posix_spawn
-
+def spawn_process(options: SpawnOptions, sigmask: set[int]) -> int:
+    """Start the program ``options`` describe, with ``sigmask``; return its pid."""
+    program, spawn = options.argv[0], lib.posix_spawnp
+    if options.search_path is not None and b"/" not in program:
+        program, spawn = find_program(program, options.search_path), lib.posix_spawn
     request = _SpawnRequest()
     try:
-        for target, source in enumerate(streams):
+        for target, source in enumerate(options.streams):
             request.redirect(source, target)
-        request.close_all_but(fds)
-        if cwd is not None:
-            request.chdir(cwd)
-        request.set_attributes(sigmask, start_new_session, process_group)
+        request.close_all_but(options.pass_fds)
+        if options.cwd is not None:
+            request.chdir(options.cwd)
+        request.set_attributes(sigmask, options.start_new_session, options.process_group)
         pid = ffi.new("int *")
         check_errno_result(
             spawn(
@@ -265,12 +334,12 @@ def spawn_process(
                 program,
                 request.actions,
                 request.attributes,
-                request.strings(arguments),
+                request.strings(options.argv),
                 # No env: the C environ, which os.environ keeps current
                 # (putenv), exactly what subprocess's exec would pass.
-                lib.environ if environment is None else request.strings(environment),
+                lib.environ if options.env is None else request.strings(options.env),
             ),
-            os.fsdecode(arguments[0]),
+            os.fsdecode(options.argv[0]),
         )
         return int(pid[0])
     finally:

@@ -83,7 +83,8 @@ def threads_not_blocking(signum: int = signal.SIGCHLD) -> int:
     Each such thread can swallow the signal before the signalfd reads it.
     The kernel publishes every thread's blocked mask as ``SigBlk`` in
     ``/proc/self/task/<tid>/status``; a thread may exit while we look, which
-    is simply skipped.
+    is simply skipped (the open fails with ENOENT, or the read of a task that
+    died in between with ESRCH).
     """
     bit = 1 << (signum - 1)
     count = 0
@@ -95,6 +96,6 @@ def threads_not_blocking(signum: int = signal.SIGCHLD) -> int:
                         if not int(line.split()[1], 16) & bit:
                             count += 1
                         break
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return count

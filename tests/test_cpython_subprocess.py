@@ -13,6 +13,15 @@ import pytest
 
 RUNNER = Path(__file__).with_name("cpython_subprocess.py")
 
+#: Tests that cannot pass by design, each with its reason.
+BY_DESIGN = {
+    # Reaps the child behind Popen's back, then mocks os.waitpid to report a
+    # stop for that pid.  syncmon.Popen reaps through the pidfd and never asks
+    # about a pid whose child was reaped elsewhere: it reports the true
+    # status (see tests/test_popen.py::test_after_a_foreign_reap_popen_never_asks_the_pid_again).
+    "test.test_subprocess.POSIXProcessTestCase.test_stopped",
+}
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("test.test_subprocess") is None,
     reason="this Python ships without its test suite",
@@ -38,4 +47,4 @@ def test_no_cpython_subprocess_test_fails_only_with_syncmon_popen() -> None:
         # Only failures that plain subprocess does not share count against us
         # (this machine may fail a few on its own, e.g. for missing locales).
         baseline = run_cpython_suite("plain")
-        assert sorted(set(with_syncmon["failed"]) - set(baseline["failed"])) == []
+        assert sorted(set(with_syncmon["failed"]) - set(baseline["failed"]) - BY_DESIGN) == []
