@@ -17,11 +17,17 @@ names the process itself.  syncmon uses it three ways:
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
 
 from ._ffi import PIDFD_GET_INFO, PIDFD_INFO_EXIT, ffi, lib
+
+#: Errors that say "not now", never "not supported" (ENOSPC: epoll's
+#: max_user_watches).  DESIGN.md rule 9: they affect the one child they
+#: happen to, which is then watched through SIGCHLD.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
 
 #: Setting this environment variable to ``0`` makes monitors that were not
 #: told otherwise use the signalfd alone, as on kernels before 5.3.
@@ -35,9 +41,15 @@ def supported() -> bool:
         return False
     try:
         fd = os.pidfd_open(os.getpid())
-    except OSError:  # ENOSYS before Linux 5.3, EPERM under some seccomp filters
-        return False
-    os.close(fd)
+    except OSError as error:
+        # EMFILE and its kind only say "no descriptor now": the call exists.
+        # Cached as "unsupported", one busy moment would switch pidfds off for
+        # the life of the process.  ENOSYS (before Linux 5.3) or EPERM (a
+        # seccomp filter) is the kernel's answer for good.
+        if error.errno not in TRANSIENT_ERRNOS:
+            return False
+    else:
+        os.close(fd)
     return hasattr(signal, "pidfd_send_signal")
 
 

@@ -54,9 +54,7 @@ EXITED, STOPPED, CONTINUED, NOHANG, NOWAIT = (os.WEXITED, os.WSTOPPED, os.WCONTI
 STOP_KINDS = STOPPED | CONTINUED
 _ANY_STATE_PEEK = EXITED | STOP_KINDS | NOHANG | NOWAIT
 
-#: Errors of pidfd_open/dup/epoll that say "not now", never "not supported":
-#: the one child they happen to is watched through SIGCHLD instead.
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC})
+TRANSIENT_ERRNOS = pidfds.TRANSIENT_ERRNOS
 
 #: Longest single sleep: ``Condition.wait`` refuses more than TIMEOUT_MAX, and
 #: ``poll()`` takes a C int of milliseconds.  Longer waits loop.
