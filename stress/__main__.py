@@ -14,11 +14,28 @@ from collections.abc import Callable, Collection
 
 from stress import driver, report
 from stress.config import RESERVED_PIDS, SUBJECTS, Config, famine_pid_max
-from stress.scenarios import SCENARIOS
+from stress.scenarios import DEFAULT_SCENARIOS, SCENARIOS
+
+SOAK_CHILDREN = 1_000_000
+SOAK_PID_MAX = RESERVED_PIDS + 724
+"""1024: enough free pids that spawners rarely meet EAGAIN (the soak measures a long
+run, not pid famine), few enough that every pid comes back over a thousand times."""
 
 
-def preset(short: bool, threads: int) -> Config:
-    """The defaults: ``--short`` fits the whole run (both subjects) in about a minute."""
+def preset(short: bool, threads: int, soak: bool = False) -> Config:
+    """The defaults: ``--short`` fits the whole run (both subjects) in about a minute;
+    ``--soak`` is one scenario, bounded by its children (a million), not by time."""
+    if soak:
+        return Config(
+            seconds=24 * 3600.0,
+            max_children=SOAK_CHILDREN,
+            threads=threads,
+            wait_bound=10.0,
+            pid_max=SOAK_PID_MAX,
+            seed=0x50A4,
+            scenarios=("soak",),
+            subjects=("syncmon",),
+        )
     return Config(
         seconds=2.5 if short else 10.0,
         max_children=3_000 if short else 50_000,
@@ -26,7 +43,7 @@ def preset(short: bool, threads: int) -> Config:
         wait_bound=5.0 if short else 10.0,
         pid_max=famine_pid_max(threads),
         seed=0x5EED,
-        scenarios=tuple(SCENARIOS),
+        scenarios=DEFAULT_SCENARIOS,
         subjects=("syncmon", "contrast") if short else SUBJECTS,
     )
 
@@ -37,6 +54,11 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     )
     parser.add_argument(
         "--short", action="store_true", help="the CI run: syncmon and contrast, about a minute in all"
+    )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help=f"the soak: {SOAK_CHILDREN:,} children (or --children) against syncmon, resources sampled",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--seconds", type=float, help="budget of each scenario, per subject")
@@ -57,6 +79,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "--no-namespace", action="store_true", help="run without a pid namespace (pids will not wrap)"
     )
     args = parser.parse_args(argv)
+    if args.soak and args.short:
+        parser.error("--soak and --short are different runs: choose one")
     if args.threads < 2:
         parser.error("--threads must be at least 2: races need a second thread")
     if args.pid_max is not None and args.pid_max <= RESERVED_PIDS:
@@ -71,7 +95,7 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         "subjects": args.subjects,
     }
     config = dataclasses.replace(
-        preset(args.short, args.threads),
+        preset(args.short, args.threads, args.soak),
         **{key: value for key, value in overrides.items() if value is not None},
     )
     return config, args

@@ -59,6 +59,12 @@ def failed(environment: Environment, runs: list[SubjectRun]) -> list[str]:
         for run in runs
         if run.subject not in EXPECTED_TO_FAIL and errors(run)
     ]
+    reasons += [
+        f"{run.subject}/{scenario}: resource use grew ({_grown(tally['resources'])})"
+        for run in runs
+        for scenario, tally in run.scenarios.items()
+        if (tally.get("resources") or {}).get("flat") is False
+    ]
     if environment.host_pid_max_after != environment.host_pid_max_before:
         reasons.append(
             f"host pid_max changed: {environment.host_pid_max_before} -> {environment.host_pid_max_after}"
@@ -94,6 +100,7 @@ def table(config: Config, environment: Environment, runs: list[SubjectRun]) -> s
     lines.append("")
     lines += [f"  {name:<19} {SCENARIOS[name].summary}" for name in config.scenarios]
     lines.append("")
+    lines += _resources(runs)
     lines += _verdicts(environment, runs)
     lines += _notes(config, runs)
     return "\n".join(lines)
@@ -140,3 +147,30 @@ def _notes(config: Config, runs: list[SubjectRun]) -> list[str]:
             for note in tally.get("notes", [])[:NOTES_PER_SCENARIO]:
                 lines.append(f"  {run.subject}/{scenario}: {note}")
     return ["", "first errors seen:", *lines] if lines else []
+
+
+def _grown(resources: dict[str, Any]) -> str:
+    return ", ".join(name for name, m in resources["measures"].items() if not m["flat"])
+
+
+def _resources(runs: list[SubjectRun]) -> list[str]:
+    """The soak's samples: first decile against last, per measure."""
+    lines = []
+    for run in runs:
+        for scenario, tally in run.scenarios.items():
+            resources = tally.get("resources")
+            if not resources:
+                continue
+            rate = tally["children"] / tally["seconds"] if tally["seconds"] else 0.0
+            lines.append(
+                f"{run.subject}/{scenario}: {tally['children']} children in {tally['seconds']} s "
+                f"({rate:.0f}/s), {tally['pid_reuses']} pid reuses; {resources['samples']} samples"
+            )
+            for name, m in (resources.get("measures") or {}).items():
+                lines.append(
+                    f"  {name:<8} first decile mean {m['first_decile_mean']:>9} max {m['first_decile_max']:>7}"
+                    f"   last decile mean {m['last_decile_mean']:>9} max {m['last_decile_max']:>7}"
+                    f"   (allowed max {m['allowed_max']}) {'flat' if m['flat'] else 'GREW'}"
+                )
+            lines.append("")
+    return lines

@@ -90,6 +90,8 @@ class Tally:
     """How many of the crew's threads block SIGCHLD, as ``n/threads``."""
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
+    resources: dict[str, object] | None = None
+    """The soak's resource samples, summarised (see ``stress.soak.Sampler.summary``)."""
 
     def errors(self) -> int:
         return sum(getattr(self, key) for key in ERROR_KEYS)
@@ -259,6 +261,20 @@ def _exit_once(run: Run, rng: random.Random) -> None:
     run.check(handle.pid, awaited(how, handle, os.WEXITED, run.bound), {exited(code)}, how.__name__)
 
 
+def soak(run: Run, rng: random.Random) -> None:
+    """``exit_codes`` with children that exit at once, for as many children as the budget allows.
+
+    Only ``sh -c 'exit N'``: the soak is about what a long run accumulates
+    (statuses, descriptors, threads, memory), so it spends its time on children
+    rather than on children that sleep.
+    """
+    while run.going():
+        code = rng.randrange(256)
+        handle = run.spawn(["sh", "-c", f"exit {code}"])
+        how = rng.choice(DEATH_WAITERS)
+        run.check(handle.pid, awaited(how, handle, os.WEXITED, run.bound), {exited(code)}, how.__name__)
+
+
 def kill_race(run: Run, rng: random.Random) -> None:
     """Kills that race the reap, while other threads spawn bystanders into the freed pids.
 
@@ -382,6 +398,10 @@ class Scenario:
     """``late``: threads started after the monitor; ``early``: before syncmon was imported."""
     summary: str
     needs_popen: bool = False
+    in_default_run: bool = True
+    """False for the soak, which only runs when asked for (``--soak``)."""
+    samples_resources: bool = False
+    """Whether the worker samples its memory, descriptors and threads during the run."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -415,5 +435,15 @@ SCENARIOS: dict[str, Scenario] = {
             "the subject's Popen next to plain subprocess.Popen",
             needs_popen=True,
         ),
+        Scenario(
+            "soak",
+            soak,
+            "late",
+            "children exiting with random codes, a million by default, resources sampled (--soak)",
+            in_default_run=False,
+            samples_resources=True,
+        ),
     )
 }
+
+DEFAULT_SCENARIOS = tuple(name for name, scenario in SCENARIOS.items() if scenario.in_default_run)

@@ -21,7 +21,7 @@ from concurrent.futures import Future, wait
 from types import FrameType
 from typing import TextIO
 
-from stress import namespace, procfs
+from stress import namespace, procfs, soak
 from stress.config import Config
 from stress.crew import Crew
 from stress.scenarios import PROBE, SCENARIOS, Run, Scenario, Tally
@@ -101,14 +101,21 @@ def execute(
     def body(index: int) -> None:
         scenario.body(run, random.Random(f"{config.seed}/{scenario.name}/{index}"))
 
+    # Sampled from this thread, which only waits: it adds no thread and no descriptor.
+    sampler = soak.Sampler(len(crew.tids)) if scenario.samples_resources else None
+    tick = PROGRESS_EVERY if sampler is None else min(PROGRESS_EVERY, soak.SAMPLE_EVERY)
     pending: set[Future[None]] = set(crew.start(body))
     while pending:
-        done, pending = wait(pending, timeout=PROGRESS_EVERY)
+        done, pending = wait(pending, timeout=tick)
         for future in done:
             if (error := future.exception()) is not None:
                 run.fail(error)
         progress(scenario.name, run.tally, time.monotonic() - started)
+        if sampler is not None:
+            sampler.maybe_sample(time.monotonic() - started, run.tally.children)
     run.tally.seconds = round(time.monotonic() - started, 2)
+    if sampler is not None:
+        run.tally.resources = sampler.summary()
     if hits.count > hits_before:
         run.tally.wrong_signals += hits.count - hits_before
         run.note(f"PROBE hit the worker itself {hits.count - hits_before} times")

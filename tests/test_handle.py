@@ -11,6 +11,7 @@ import time
 import pytest
 
 from syncmon import CLD, UncleanExit
+from faults import sigint_raises_keyboard_interrupt
 from helpers import HANG, eventually, has_exited, proc_state, run_script, sh
 
 SLEEPER = ["sleep", "100"]
@@ -105,6 +106,13 @@ def test_check_that_times_out_terminates_the_child(monitor):
 
 
 def test_check_cut_short_by_ctrl_c_terminates_the_child(monitor):
+    # Under nohup (or any parent that ignores or blocks SIGINT) the signal
+    # would never become a KeyboardInterrupt: set the disposition up here.
+    with sigint_raises_keyboard_interrupt():
+        _check_cut_short_by_ctrl_c(monitor)
+
+
+def _check_cut_short_by_ctrl_c(monitor):
     h = monitor.spawn(SLEEPER)
     checking = threading.Event()
 

@@ -42,3 +42,31 @@ def test_short_stress_run_finds_no_syncmon_error() -> None:
                 assert tally["pid_reuses"] > 0, f"{name}/{scenario}: no pid was reused"
     assert result["environment"]["host_pid_max_after"] == result["environment"]["host_pid_max_before"]
     assert completed.returncode == 0, result["failures"]
+
+
+SHORT_SOAK_CHILDREN = 10_000
+"""About 10 s here: enough samples for first and last decile, and thousands of pid reuses."""
+
+
+def test_short_soak_has_no_error_and_flat_resource_use() -> None:
+    """``python -m stress --soak --children N``: the soak of stress/RESULTS.md, scaled down."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "stress", "--soak", "--children", str(SHORT_SOAK_CHILDREN), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOUND - 10,
+    )
+    assert completed.stdout, completed.stderr
+    result = json.loads(completed.stdout)
+    run = result["subjects"]["syncmon"]
+    assert run["finished"], run["stderr"]
+    tally = run["scenarios"]["soak"]
+    assert tally["errors"] == 0, tally
+    assert tally["children"] >= SHORT_SOAK_CHILDREN
+    if result["environment"]["namespace"]:
+        assert tally["pid_reuses"] > SHORT_SOAK_CHILDREN // 2, tally
+    resources = tally["resources"]
+    assert resources["samples"] >= 10, resources
+    assert resources["flat"] is True, resources["measures"]
+    assert completed.returncode == 0, result["failures"]
