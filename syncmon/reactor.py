@@ -43,6 +43,9 @@ class Reactor:
         """Create every descriptor, or none: a failure closes what was made and
         restores the SIGCHLD mask of the calling thread."""
         self._on_wake = on_wake
+        # Reads /proc (one descriptor, closed again): done before anything
+        # exists that a failure here would have to undo.
+        self._lossy = threads_not_blocking() > 0
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         signals: SignalFD | None = None
         epoll: select.epoll | None = None
@@ -77,7 +80,6 @@ class Reactor:
         self._sigchld_interest = 0  # guarded by _interest_lock
         self._signalfd_watched = False  # guarded by _interest_lock
         self._rescue_requested = False
-        self._lossy = threads_not_blocking() > 0
         self._stopping = False
         self._stop_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="syncmon-monitor", daemon=True)

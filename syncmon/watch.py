@@ -497,14 +497,14 @@ def open_pidfd(pid: int) -> int | None:
     """A pidfd for our child ``pid``, or ``None`` when no descriptor can be had now.
 
     ESRCH means the pid names no process: not our child (or reaped already).
-    EINVAL means it names a thread that leads no process.
+    A thread that leads no process gives EINVAL (ENOENT since pidfs, 6.9).
     """
     try:
         return pidfds.open_pidfd(pid)
     except ProcessLookupError:
         raise ChildProcessError(errno.ECHILD, f"pid {pid} is not a child of this process") from None
     except OSError as error:
-        if error.errno == errno.EINVAL:
+        if error.errno in (errno.EINVAL, errno.ENOENT):
             raise ChildProcessError(errno.ECHILD, f"pid {pid} is not a process (a thread id?)") from None
         if error.errno in TRANSIENT_ERRNOS:
             return None
