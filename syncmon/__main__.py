@@ -48,7 +48,11 @@ def _end_later(end: Callable[[], None]) -> list[float]:
     return ended
 
 
-def syncmon_worker(monitor: syncmon.Monitor, thread: int, rows: list[tuple]) -> None:
+#: thread, pid, command, how it ended, seconds from the end to the waiter waking
+Row = tuple[str, int, str, str, float]
+
+
+def syncmon_worker(monitor: syncmon.Monitor, thread: int, rows: list[Row]) -> None:
     for kind in range(PER_THREAD):
         argv, sig = _plan(thread * PER_THREAD + kind)
         read_end, write_end = os.pipe()
@@ -74,7 +78,7 @@ def polling_latencies(samples: int) -> list[float]:
 
 
 def main() -> None:
-    rows: list[tuple] = []
+    rows: list[Row] = []
     started = time.monotonic()
     with syncmon.Monitor() as monitor:
         print(f"syncmon demo: {THREADS} threads x {PER_THREAD} children, pidfds: {monitor.pidfd}\n")

@@ -70,7 +70,7 @@ if hasattr(asyncio, "AbstractChildWatcher"):
         # 3.12 and 3.13 warn when the deprecated ABC is subclassed.
         warnings.simplefilter("ignore", DeprecationWarning)
 
-        class ChildWatcher(asyncio.AbstractChildWatcher):  # type: ignore[misc,name-defined]
+        class ChildWatcher(asyncio.AbstractChildWatcher):  # type: ignore[misc,name-defined,unused-ignore]
             """An asyncio child watcher backed by a syncmon monitor.
 
             Unlike asyncio's watchers it needs no loop in the main thread
@@ -91,7 +91,9 @@ if hasattr(asyncio, "AbstractChildWatcher"):
             def _get_monitor(self) -> Monitor:
                 return self._monitor if self._monitor is not None else default_monitor()
 
-            def add_child_handler(self, pid: int, callback: Callable[..., object], *args: Any) -> None:
+            def add_child_handler(  # type: ignore[override]  # the stub's TypeVarTuple needs 3.11
+                self, pid: int, callback: Callable[..., object], *args: Any
+            ) -> None:
                 loop = asyncio.get_running_loop()
                 handle = self._get_monitor().adopt(pid)
                 with self._lock:
