@@ -315,10 +315,10 @@ class ChildHandle:
         # Only now resolve: whoever sees the future done may count descriptors.
         if isinstance(outcome, ChildState):
             self._death = outcome
-            self.future.set_result(outcome)
+            self.future.resolve(outcome)
         else:
             self._lost = outcome
-            self.future.set_exception(outcome)
+            self.future.fail(outcome)
         self._engine.death_recorded()
         self._engine.release()
 
