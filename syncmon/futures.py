@@ -57,6 +57,11 @@ class CallbackRunner:
     With no callback thread at all it waits for that later callback; this
     is logged.  It is never run inline in the resolving thread, which holds
     the child's handle lock.
+
+    At interpreter exit the callbacks already queued are waited for (a
+    callback that never returns holds exit back, as with
+    ``ThreadPoolExecutor``); one queued after that point finds no thread
+    and is logged instead.
     """
 
     def __init__(self) -> None:
@@ -68,6 +73,7 @@ class CallbackRunner:
         # child, and its callbacks are the parent's to run.
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
+        self._exited = threading.Condition(self._lock)
         self._queue: deque[tuple[Callback, Future[Any]]] = deque()
         self._threads = 0  # guarded by _lock, as are the two below
         self._idle = 0  # threads in _work.wait(); each will look at the queue
@@ -106,6 +112,7 @@ class CallbackRunner:
                 item = self._next()
                 if item is None:
                     self._threads -= 1
+                    self._exited.notify_all()
                     return
             self._call(*item)
 
@@ -138,6 +145,14 @@ class CallbackRunner:
             self._closing = True
             self._work.notify_all()
 
+    def drain(self) -> None:
+        """Shut down and wait until every callback thread has exited (at interpreter exit)."""
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
+            while self._threads:
+                self._exited.wait()
+
 
 _runners: weakref.WeakSet[CallbackRunner] = weakref.WeakSet()
 
@@ -147,7 +162,17 @@ def _reset_runners_in_child() -> None:
         runner._reset()
 
 
+def _drain_runners() -> None:
+    """At interpreter exit, before non-daemon threads are joined: let the callbacks
+    already queued finish, as ``ThreadPoolExecutor`` does (the callback threads
+    are daemons only so that idle ones never hold exit back)."""
+    for runner in list(_runners):
+        runner.drain()
+
+
 os.register_at_fork(after_in_child=_reset_runners_in_child)
+# The hook concurrent.futures.thread uses for the same purpose; private, hence looked up.
+getattr(threading, "_register_atexit", lambda _: None)(_drain_runners)
 
 
 class DeferringFuture(Future):  # type: ignore[type-arg]

@@ -169,6 +169,7 @@ class CommandPool:
         self._monitor = monitor
         self._lock = threading.Lock()
         # Guarded by _lock: the state, the loop, the queue, the running jobs and the deaths.
+        # Only the pool thread changes _running, so it alone may also read it without _lock.
         self._state = _State.NEW
         self._loop: _Loop | None = None
         self._thread: threading.Thread | None = None
@@ -197,9 +198,11 @@ class CommandPool:
     ) -> Future[subprocess.CompletedProcess[Any]]:
         """Queue ``args``; the keywords are ``subprocess.run``'s.
 
-        Arguments are checked here, before anything starts: a bad one raises
-        ``TypeError``/``ValueError``/``LookupError`` now rather than failing
-        the future.  If the pool thread cannot be started (thread limit),
+        ``input``, ``timeout``, the text options and the keyword names are
+        checked here, before anything starts: a bad one raises ``TypeError``,
+        ``ValueError`` or ``LookupError`` now.  The values of the spawn
+        keywords are checked by ``Monitor.spawn`` when the command starts,
+        and a bad one fails the future.  If the pool thread cannot be started (thread limit),
         ``RuntimeError`` is raised, nothing is queued, and a later submit
         tries again.
         """
