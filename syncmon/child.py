@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import signal
 import time
-from concurrent.futures import Future
 from typing import Any, Sequence
 
+from .futures import DeathFuture
 from .state import ChildState, ReapedElsewhere, UncleanExit, W
 from .watch import EXITED, NOHANG, NOWAIT, STOP_KINDS, InheritedAcrossFork, Watch
 
@@ -82,7 +82,7 @@ class ChildHandle:
         self._watch = watch
 
     @property
-    def future(self) -> Future[ChildState]:
+    def future(self) -> DeathFuture:
         """Resolved with the death's :class:`ChildState` (or failed with
         ``ReapedElsewhere``) as soon as the monitor learns of it."""
         return self._watch.future

@@ -25,7 +25,12 @@ import threading
 import weakref
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from .state import ChildState
+
+_T = TypeVar("_T")
 
 _logger = logging.getLogger("syncmon")
 
@@ -175,7 +180,7 @@ os.register_at_fork(after_in_child=_reset_runners_in_child)
 getattr(threading, "_register_atexit", lambda _: None)(_drain_runners)
 
 
-class DeferringFuture(Future):  # type: ignore[type-arg]
+class DeferringFuture(Future[_T]):
     """A ``Future`` whose callbacks never run in the thread that resolves it.
 
     A callback added before the future is done goes to the runner's
@@ -196,7 +201,7 @@ class DeferringFuture(Future):  # type: ignore[type-arg]
         super().add_done_callback(lambda future: self._runner.submit(fn, future))
 
 
-class OwnedFuture(DeferringFuture):
+class OwnedFuture(DeferringFuture[_T]):
     """A future that only the code which made it may start or resolve.
 
     ``set_result``, ``set_exception`` and ``set_running_or_notify_cancel``
@@ -267,7 +272,7 @@ class OwnedFuture(DeferringFuture):
             _logger.exception("exception calling notifier for %r", self)
 
 
-class DeathFuture(OwnedFuture):
+class DeathFuture(OwnedFuture["ChildState"]):
     """The ``Future[ChildState]`` of a child's death: RUNNING from birth.
 
     It is marked running at once, as an executor's job is once it starts:
@@ -293,6 +298,6 @@ class DeathFuture(OwnedFuture):
         """
         self._condition = threading.Condition()
         self._notifier_lock = threading.Lock()
-        self._done_callbacks = []
+        self._done_callbacks.clear()  # type: ignore[attr-defined]  # Future's own list
         self._notifiers = None
         Future.set_exception(self, error)

@@ -41,11 +41,11 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, cast
 
 from .child import ChildHandle
 from .futures import CallbackRunner, OwnedFuture
-from .launch import as_command
+from .launch import SPAWN_KEYWORDS, SpawnOptions, as_command
 from .monitor import Monitor, default_monitor
 
 _logger = logging.getLogger("syncmon")
@@ -56,11 +56,6 @@ _CHUNK = 65536
 #: is reached in several waits, since ``epoll.poll`` overflows at about 24.8 days.
 _MAX_POLL_SECONDS = 86400.0
 
-#: Keywords of ``subprocess.run`` that ``submit`` passes to ``Monitor.spawn``.  Others
-#: (``preexec_fn``, ``user``, ``executable``, ...) need subprocess's fork path and are refused.
-_SPAWN_KEYWORDS = frozenset(
-    {"env", "cwd", "stdin", "stdout", "stderr", "start_new_session", "process_group", "pass_fds"}
-)
 _TEXT_KEYWORDS = frozenset({"text", "universal_newlines", "encoding", "errors"})
 _STREAMS = ("stdin", "stdout", "stderr")
 
@@ -97,7 +92,7 @@ class _Job:
                  check: bool, timeout: float | None, text: dict[str, Any] | None) -> None:
         self.args = args
         self.argv = argv
-        self.future: OwnedFuture = OwnedFuture(runner)
+        self.future: OwnedFuture[subprocess.CompletedProcess[Any]] = OwnedFuture(runner)
         self.spawn_kwargs = spawn_kwargs
         self.check = check
         self.timeout = timeout
@@ -147,7 +142,7 @@ class _Job:
             return None, subprocess.TimeoutExpired(self.args, self.timeout, output=stdout, stderr=stderr)
         if self.check and returncode:
             return None, subprocess.CalledProcessError(returncode, self.args, stdout, stderr)
-        return subprocess.CompletedProcess(self.args, returncode, stdout, stderr), None
+        return subprocess.CompletedProcess(self.args, cast(int, returncode), stdout, stderr), None
 
 
 class CommandPool:
@@ -514,12 +509,18 @@ class CommandPool:
 def _spawn_options(args: Any, shell: bool, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """The argv and ``Monitor.spawn`` keywords of one command, checked at submit.
 
-    The one place that knows the spawn keywords (to become ``SpawnOptions.parse``).
+    ``SpawnOptions.parse`` checks them now, so a bad one is refused by
+    ``submit`` rather than failing the future later; ``PIPE`` stands for a
+    pipe made at start, and is checked as "inherit".  Keywords of
+    ``subprocess.run`` other than the spawn ones (``preexec_fn``, ``user``,
+    ``executable``, ...) need subprocess's fork path and are refused.
     """
-    unknown = set(kwargs) - _SPAWN_KEYWORDS
+    unknown = set(kwargs) - SPAWN_KEYWORDS
     if unknown:
         raise TypeError(f"CommandPool.submit() does not support {', '.join(sorted(unknown))}")
     argv = ["/bin/sh", "-c", *as_command(args)] if shell else as_command(args)
+    as_inherited: dict[str, Any] = {k: None if v is subprocess.PIPE else v for k, v in kwargs.items()}
+    SpawnOptions.parse(argv, **as_inherited)
     return argv, dict(kwargs)
 
 
