@@ -121,6 +121,17 @@ def proc_stat(pid: int) -> ProcStat | None:
     return ProcStat(fields[0].decode(), int(fields[1]), int(fields[3]), int(fields[19]))
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Now, in the clock of /proc/<pid>/stat's start time (ticks of CLOCK_BOOTTIME, truncated).
+
+    A process born after this call has a start time >= this value.
+    """
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
+
+
 def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
@@ -309,7 +320,10 @@ class ProcTree:
         self._pollers = 0
         self._deferred: list[int] = []
         self._closed = False
-        fd = os.pidfd_open(root_pid)
+        try:
+            fd = os.pidfd_open(root_pid)
+        except ProcessLookupError:
+            raise ChildProcessError(errno.ECHILD, f"{root_pid} is not an unreaped child of ours") from None
         try:
             st = proc_stat(root_pid)
             if not our_child(fd) or st is None:
@@ -436,39 +450,46 @@ class ProcTree:
         self._check_open()
         self._prune()
         frontier = [pid for pid, m in self._members.items() if not exited(m.fd)]
-        while frontier:
+        while True:
             while frontier:
                 p = frontier.pop()
                 for c in children(p):
                     if not self._known(c) and self._verify(c, functools.partial(self._child_of, p)):
                         frontier.append(c)
-            if self._session is not None:
-                # Members found by session may have children outside it: walk those too.
-                frontier = [pid for pid in all_pids()
-                            if pid != self._session and not self._known(pid)
-                            and self._verify(pid, self._in_session)]
+            if self._session is None:
+                return
+            # Also when no member is alive: our zombies may be in the session.
+            # Members found by session may have children: walk those too.
+            frontier = [pid for pid in all_pids()
+                        if pid != self._session and not self._known(pid)
+                        and self._verify(pid, self._in_session)]
+            if not frontier:
+                return
 
     def _known(self, pid: int) -> bool:
-        m = self._members.get(pid)
-        return m is not None and unreaped(m.fd)
+        # After _prune every entry is a process that still owns its pid (alive,
+        # our zombie, or a zombie of a member), so the number cannot name another.
+        return pid in self._members
 
     def _verify(self, pid: int, after_read: Callable[[ProcStat], bool]) -> bool:
-        """Open a pidfd on pid, read its stat, and keep it if after_read(stat) holds and pid is unreaped.
+        """Open a pidfd on pid, read its stat, keep it if after_read(stat) holds and the read was of it.
 
-        ``after_read`` checks the relation (parent link, session) and that the
-        relative is still unreaped; then the candidate's own unreapedness is
-        checked last, which makes the stat read trustworthy.
+        ``after_read`` checks the relation (parent link, session), including
+        that the relative is still unreaped.  The stat read described the
+        pidfd's process if that process is unreaped now (its pid was never
+        free), or if the stat's start time is earlier than the moment the
+        pidfd was opened: a successor with the same pid would have been born
+        after.  The second test admits zombies of live members, which are
+        reparented to us (and ours to reap) if their parent dies first.
         """
+        opened_after = boot_ticks()
         fd = open_pidfd(pid)
         if fd is None:
             return False
         st = proc_stat(pid)
-        if st is None or not after_read(st) or not unreaped(fd):
+        if st is None or not after_read(st) or not (st.starttime < opened_after or unreaped(fd)):
             os.close(fd)
             return False
-        stale = self._members.get(pid)
-        if stale is not None:
-            self._close_fd(stale.fd)  # a reaped member whose pid came back in the tree
         self._members[pid] = _Member(fd, st.starttime)
         return True
 
