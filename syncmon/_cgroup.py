@@ -340,6 +340,44 @@ class Cgroup:
         return _proctree.signal_until_stable(
             lambda: _procs(self.path), lambda pid: _in_cgroup(pid, self.cgroup_path), sig)
 
+    def reap_orphans(self, roots: frozenset[int]) -> list[tuple[int, os.waitid_result]]:
+        """Reap exited members that were reparented to us (we are pid 1 or a subreaper).
+
+        Rule: a zombie child of ours is reaped here only if its
+        ``/proc/<pid>/cgroup`` is exactly this cgroup (a zombie keeps naming
+        its cgroup, with " (deleted)" after the rmdir) and it is not one of
+        ``roots`` (the children we spawned into it, whose handles reap them).
+        Only the roots were born into a tree cgroup as our children, so no
+        other code of ours waits for such a zombie.  The read is trusted
+        because the pidfd, opened before it, still names our unreaped child
+        after it; reaping goes through that pidfd (``P_PIDFD``).  Nested
+        cgroups reap their own.
+        """
+        me = os.getpid()
+        reaped: list[tuple[int, os.waitid_result]] = []
+        for pid in _proctree.all_pids():
+            if pid in roots:
+                continue
+            st = _proctree.proc_stat(pid)
+            if st is None or st.ppid != me or st.state != "Z":
+                continue
+            fd = _proctree.open_pidfd(pid)
+            if fd is None:
+                continue
+            try:
+                path = own_cgroup(f"/proc/{pid}/cgroup")
+            except (FileNotFoundError, ProcessLookupError):
+                path = None
+            try:
+                if path is not None and path.removesuffix(" (deleted)") == self.cgroup_path \
+                        and _proctree.our_child(fd):
+                    result = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                    if result is not None:
+                        reaped.append((pid, result))
+            finally:
+                os.close(fd)
+        return reaped
+
     def wait_empty(self, timeout: float | None) -> bool:
         """Block until no live member is left (or timeout); True if empty.
 

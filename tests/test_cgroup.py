@@ -304,3 +304,30 @@ def test_kill_racing_with_exits(no_leaks):
     assert not our_children()
     assert not [c for c in syncmon_cgroups() if f"syncmon-{os.getpid()}-" in c]
 
+
+
+def test_orphans_reparented_to_us_are_reaped_bystanders_are_not():
+    """As a subreaper (or pid 1), the tree's orphans are our zombies: reaped by cgroup, Popen's kept."""
+    from syncmon._proctree import subreaper
+
+    bystander = subprocess.Popen(["sh", "-c", "exit 7"])
+    subreaper.hold()
+    try:
+        with Cgroup() as cg:
+            p = start_in([cg.path], sh_tree("(sleep 100 &); (setsid sleep 100 &); exec sleep 100"))
+            try:
+                members = wait_sleepers(cg.pids, 3, others=0)
+                orphans = {pid for pid in members if pid != p.pid}
+                assert all(proc_stat(pid)["ppid"] == os.getpid() for pid in orphans)
+                assert eventually(lambda: proc_stat(bystander.pid)["state"] == "Z")
+                cg.kill()
+                assert wait_populated_zero(cg)
+                cg.remove()  # zombies keep naming the removed cgroup
+                reaped = dict(cg.reap_orphans(frozenset({p.pid})))
+                assert set(reaped) == orphans
+                assert {r.si_status for r in reaped.values()} == {signal.SIGKILL}
+            finally:
+                assert reap(p) == -signal.SIGKILL
+    finally:
+        subreaper.release()
+    assert bystander.wait(HANG) == 7
