@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from helpers import HANG, eventually, our_children, proc_stat, run_code
+from helpers import HANG, REPO, eventually, our_children, proc_stat, python_env, run_code
 from syncmon import _cgroup
 from syncmon._cgroup import Cgroup, CgroupUnavailable
 from treehelpers import (FORK_BOMB, no_cgroups_left, reap, sh_tree, start_in,  # noqa: F401
@@ -115,7 +115,9 @@ def test_transient_error_is_raised_not_cached():
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert _cgroup.available() is True
-    """))
+        from treehelpers import syncmon_cgroups
+        assert syncmon_cgroups() == [], syncmon_cgroups()  # the failed probe removed its cgroup
+    """), env=python_env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")])))
 
 
 # --- one cgroup ------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_kill_racing_with_exits(no_leaks):
             assert wait_populated_zero(cg)
             assert reap(p) in (0, -signal.SIGKILL)
     assert not our_children()
-    assert not [c for c in syncmon_cgroups() if f"syncmon-{os.getpid()}-" in c]
+    assert syncmon_cgroups() == []
 
 
 

@@ -22,17 +22,28 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 _ENTER = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 99; shift; done; shift; exec "$@"'
 
 
-def syncmon_cgroups() -> list[str]:
-    """Every cgroup directory with "syncmon" in its name, in every hierarchy."""
+def syncmon_cgroups(pid: int | None = None) -> list[str]:
+    """Every cgroup directory with "syncmon" in its name that process ``pid`` (default: us) made.
+
+    Other programs on the machine (other syncmon test runs) have cgroups of
+    their own: only names carrying our pid (``syncmon-<pid>-<n>``,
+    ``syncmon-test-pids-<pid>``) and what lies below them are ours.
+    """
+    pid = os.getpid() if pid is None else pid
+    mine = (f"-{pid}-", f"-{pid}")
     found = []
     for directory, subdirs, _files in os.walk(CGROUP_ROOT):
-        found.extend(os.path.join(directory, d) for d in subdirs if "syncmon" in d)
+        for d in subdirs:
+            path = os.path.join(directory, d)
+            if any(part.startswith("syncmon") and (part.endswith(mine[1]) or mine[0] in part)
+                   for part in path.split("/")):
+                found.append(path)
     return found
 
 
 @pytest.fixture
 def no_cgroups_left():
-    """Fail a test that leaves a syncmon cgroup behind (and remove it, so later tests are not blamed)."""
+    """Fail a test that leaves a cgroup of ours behind (and remove it, so later tests are not blamed)."""
     before = set(syncmon_cgroups())
     yield
     left = sorted(set(syncmon_cgroups()) - before)
