@@ -21,13 +21,13 @@ import pytest
 from helpers import HANG, REPO, eventually, our_children, proc_stat, python_env, run_code
 from syncmon import _cgroup
 from syncmon._cgroup import Cgroup, CgroupUnavailable
-from treehelpers import (FORK_BOMB, no_cgroups_left, reap, sh_tree, start_in,  # noqa: F401
+from treehelpers import (FORK_BOMB, plain_signal_mask, no_cgroups_left, reap, sh_tree, start_in,  # noqa: F401
                          syncmon_cgroups, v1_pids_limit, wait_count, wait_sleepers)
 
 if _cgroup.available() is not True:
     pytest.skip(f"no writable cgroup2: {_cgroup.available()}", allow_module_level=True)
 
-pytestmark = pytest.mark.usefixtures("no_cgroups_left")
+pytestmark = pytest.mark.usefixtures("no_cgroups_left", "plain_signal_mask")
 
 #: The root sh, two background sleeps (grandchildren), a setsid one, and a
 #: double-forked daemon whose middle process exits at once: 5 processes
@@ -298,6 +298,7 @@ def test_kill_racing_with_exits(no_leaks):
         with Cgroup() as cg:
             p = start_in([cg.path], sh_tree(
                 "for i in 1 2 3 4 5 6 7 8 9; do (sleep 0.0$i; sh -c 'sleep 0.0$i &') & done; wait"))
+            wait_count(cg.pids, 1)  # a kill before the root is inside would kill nothing
             time.sleep(rng.random() * 0.1)
             n = cg._kill_each(signal.SIGKILL) if i % 2 else cg.kill()
             assert n >= 0

@@ -19,10 +19,10 @@ import pytest
 from helpers import HANG, eventually, our_children, proc_stat
 from syncmon import _proctree
 from syncmon._proctree import ProcTree, check_signal, is_subreaper, subreaper
-from treehelpers import (FORK_BOMB, comm, no_cgroups_left, reap, sh_tree, start_in,  # noqa: F401
+from treehelpers import (FORK_BOMB, plain_signal_mask, comm, no_cgroups_left, reap, sh_tree, start_in,  # noqa: F401
                          v1_pids_limit, wait_sleepers)
 
-pytestmark = pytest.mark.usefixtures("no_cgroups_left")
+pytestmark = pytest.mark.usefixtures("no_cgroups_left", "plain_signal_mask")
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -51,6 +52,19 @@ def no_cgroups_left():
         with contextlib.suppress(OSError):
             os.rmdir(path)
     assert not left, f"cgroups left behind: {left}"
+
+
+@pytest.fixture
+def plain_signal_mask():
+    """Run the test with nothing blocked, as a fresh program would.
+
+    An engine of an earlier test may have left SIGCHLD blocked in this
+    thread, and subprocess.Popen hands the mask on: dash's ``wait`` then
+    sleeps through its children's deaths and the tree hangs.
+    """
+    old = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def start_in(directories: list[str], argv: list[str], **kwargs) -> subprocess.Popen:
