@@ -95,6 +95,7 @@ ffi.cdef(
 
     extern char **environ;
 
+    int prctl(int option, ...);
     """
 )
 lib = ffi.dlopen(None)
