@@ -74,8 +74,14 @@ SCRIPT = textwrap.dedent("""
         h.kill()
         assert h.wait(timeout=20).returncode == -signal.SIGKILL
         limit("max")
+        assert calls == [], "the callback ran inline, on the thread that resolved the future"
+        # Documented: a callback queued while no callback thread could start
+        # waits for the next callback, whose thread start is tried again.
+        later = mon.spawn(["sleep", "100"])
+        later.future.add_done_callback(lambda f: None)
+        later.kill()
+        later.wait(timeout=20)
         assert ran.wait(20), "the callback never ran"
-        mon.spawn(["true"]).wait(timeout=20)
         assert calls == [1], f"the callback ran {{len(calls)}} times"
     assert eventually(lambda: not our_children(), timeout=10)
     print("ok")

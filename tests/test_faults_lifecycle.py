@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import os
 import threading
 
 import pytest
@@ -46,9 +47,16 @@ def test_a_raising_callback_is_logged_and_others_still_run(monitor, caplog):
 def test_blocking_callbacks_do_not_starve_other_futures(monitor):
     """More blocking callbacks than callback threads (16): other futures, waits and aio.wait still resolve."""
     release = threading.Event()
-    blockers = [monitor.spawn(["true"]) for _ in range(20)]
+    # The children wait for EOF on a pipe, so every callback is added while
+    # its child lives: one added to a done future would run in this thread.
+    read_end, write_end = os.pipe()
+    try:
+        blockers = [monitor.spawn(sh("read x"), stdin=read_end) for _ in range(20)]
+    finally:
+        os.close(read_end)
     for b in blockers:
         b.future.add_done_callback(lambda f: release.wait(HANG))
+    os.close(write_end)
     try:
         for b in blockers:
             b.wait(timeout=HANG)

@@ -90,7 +90,8 @@ def test_signal_during_aio_wait(monitor, sig, exc):
 
 @pytest.mark.parametrize("sig, exc", SIGNALS, ids=IDS)
 def test_signal_during_pool_result(no_leaks, sig, exc):
-    with syncmon.CommandPool() as pool:
+    # An explicit monitor: the process-wide one would outlive the leak check.
+    with syncmon.Monitor() as monitor, syncmon.CommandPool(monitor=monitor) as pool:
         slow = pool.submit(["sleep", "100"])
         _interrupted(sig, exc, lambda: slow.result(timeout=HANG))
         pool.kill(slow)
