@@ -8,6 +8,7 @@ process was reaped.  Importing syncmon starts no thread.
 """
 
 from .child import CLD, ChildHandle, ChildState, ReapedElsewhere, UncleanExit, W
+from .forkserver import ForkServer
 from .monitor import Monitor, adopt, default_monitor, spawn
 from .pool import CommandPool
 from .popen import Popen
@@ -17,6 +18,7 @@ __all__ = [
     "ChildHandle",
     "ChildState",
     "CommandPool",
+    "ForkServer",
     "Monitor",
     "Popen",
     "ReapedElsewhere",
