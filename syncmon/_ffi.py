@@ -190,6 +190,11 @@ CLONE_PIDFD = 0x00001000
 CLONE_PARENT = 0x00008000
 CLONE_INTO_CGROUP = 0x200000000
 
+#: rt_sigaction by number (the per-architecture one): glibc's sigaction refuses
+#: its internal signals, which its posix_spawn leaves ignored in the child.
+SYS_rt_sigaction = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+GLIBC_INTERNAL_SIGNALS = (32, 33)  # SIGCANCEL, SIGSETXID
+
 ffi.typeof("struct clone_args *")
 
 

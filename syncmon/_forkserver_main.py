@@ -34,6 +34,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import _forkserver_wire as wire
 from ._clone import Cloner
+from ._ffi import GLIBC_INTERNAL_SIGNALS, SYS_rt_sigaction, ffi, lib
 
 #: Exit status of a spawn child whose exec failed (as the shell and subprocess use).
 EXEC_FAILED_STATUS = 127
@@ -44,6 +45,7 @@ _PYTHON_SIGNALS = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
 def main(argv: Sequence[str]) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _default_internal_signals()
     sock = socket.socket(fileno=int(argv[0]))
     sock.set_inheritable(False)
     try:
@@ -59,6 +61,17 @@ def main(argv: Sequence[str]) -> int:
     with sock:
         serve(sock, cloner)
     return 0
+
+
+def _default_internal_signals() -> None:
+    """Undo what glibc 2.36's ``posix_spawn`` (which started us) did: it leaves
+    its two internal signals ignored in the child, and an ignored signal
+    survives exec, so every child of ours would inherit that."""
+    if SYS_rt_sigaction is None:
+        return
+    default = ffi.new("char[]", 32)  # a kernel struct sigaction of zeros: SIG_DFL
+    for signum in GLIBC_INTERNAL_SIGNALS:
+        lib.syscall(SYS_rt_sigaction, ffi.cast("int", signum), default, ffi.NULL, ffi.cast("size_t", 8))
 
 
 def serve(sock: socket.socket, cloner: Cloner) -> None:
