@@ -518,3 +518,72 @@ README_EXAMPLE = textwrap.dedent("""
 
 def test_readme_example_on_the_default_monitor():
     assert run_code(README_EXAMPLE, env=python_env()).strip() == "ok True"
+
+
+# --- pid reuse: a pid namespace with its own low pid_max -------------------------------------
+
+PID_REUSE = textwrap.dedent("""
+    import os, random, signal, subprocess, sys, threading
+    from syncmon import ForkServer, Monitor
+
+    with open("/proc/sys/kernel/pid_max", "w") as f:
+        f.write("320")                     # this namespace's own, since Linux 6.14
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write("319")                     # wrap now: from here on every pid is in [300, 320)
+    VICTIM = (
+        "import signal, sys\\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())\\n"
+        "print('ready', flush=True); sys.stdin.read()\\n"
+        "print(sorted(int(s) for s in signal.sigpending()))\\n"
+    )
+    errors, pids, count = [], set(), [0]
+
+    with Monitor() as mon, ForkServer(monitor=mon) as server:
+        def worker(n):
+            rnd = random.Random(n)
+            for i in range(50):
+                code = rnd.randrange(256)
+                h = server.fork(os._exit, code) if i % 2 else server.spawn(["sh", "-c", f"exit {code}"])
+                subprocess.run(["true"])           # a bystander, to take the freed pids
+                state = h.wait(timeout=20)
+                pids.add(h.pid)
+                count[0] += 1
+                if state.returncode != code:
+                    errors.append(f"pid {h.pid}: expected {code}, got {state}")
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+
+        # A handle whose child is gone never signals the pid's next owner.
+        h = server.spawn(["true"])
+        h.wait(timeout=20)
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(h.pid - 1))
+        victim = subprocess.Popen([sys.executable, "-c", VICTIM], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert victim.pid == h.pid, (victim.pid, h.pid)
+        assert victim.stdout.readline() == "ready\\n"
+        h.kill(); h.terminate(); h.kill(signal.SIGUSR1)
+        pending, _ = victim.communicate("", timeout=20)
+        if pending.strip() != "[]":
+            errors.append(f"signals reached the victim: {pending}")
+
+    assert not errors, errors
+    assert len(pids) < count[0], "pids did not come back"
+    print("ok", count[0], len(pids))
+""")
+
+
+def test_exact_statuses_under_pid_reuse_in_a_pid_namespace():
+    from stress.namespace import unavailable
+
+    why = unavailable()
+    if why is not None:
+        pytest.skip(f"no pid namespace with its own pid_max: {why}")
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
+                           sys.executable, "-c", PID_REUSE],
+                          env=python_env(), capture_output=True, text=True, timeout=HANG * 3)
+    assert done.returncode == 0, done.stderr
+    word, children, distinct = done.stdout.split()
+    assert word == "ok" and int(children) == 200 and int(distinct) <= 20
