@@ -61,7 +61,7 @@ def mp_contenders() -> dict[str, Callable[[str], None]]:
         context = multiprocessing.get_context(method)
 
         def start(path: str) -> None:
-            process = context.Process(target=mark, args=(path,))
+            process = context.Process(target=mark, args=(path,))  # type: ignore[attr-defined]
             process.start()
             process.join()
 

@@ -326,6 +326,10 @@ class ForkServer:
             return _Reply(self._monitor).collect(channel, paths)
 
 
+#: How long an interrupted request still listens for the child made for it.
+_DRAIN_SECONDS = 5.0
+
+
 class _Reply:
     """What one request's channel says, read to its end."""
 
@@ -336,18 +340,29 @@ class _Reply:
 
     def collect(self, channel: socket.socket, paths: dict[str, str]) -> ChildHandle:
         try:
-            while True:
-                message, fds = wire.recv_message(channel)
-                if message is None:
-                    break
-                self._take(message, fds)
+            self._read_to_end(channel)
         except BaseException:
+            # Interrupted (KeyboardInterrupt): the caller gets no handle, so a
+            # child made for it must not outlive this call.  Read on, for a
+            # bounded time (the server reports within milliseconds, or is
+            # dead and the channel ends), to learn of it; then kill and reap it.
+            try:
+                channel.settimeout(_DRAIN_SECONDS)
+                self._read_to_end(channel)
+            except BaseException:
+                pass  # the first exception is the one the caller must see
             if self.handle is not None and self.handle.poll() is None:
-                # We do not know whether it exec'd: it is ours, so it is killed and reaped.
                 self.handle.kill()
                 self.handle.wait()
             raise
         return self._outcome(paths)
+
+    def _read_to_end(self, channel: socket.socket) -> None:
+        while True:
+            message, fds = wire.recv_message(channel)
+            if message is None:
+                return
+            self._take(message, fds)
 
     def _take(self, message: tuple[Any, ...], fds: list[int]) -> None:
         tag = message[0]
