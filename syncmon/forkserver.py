@@ -131,8 +131,9 @@ class _Request:
 
 def _spawn_request(options: _SpawnOptions, cgroup_fd: int | None) -> _Request:
     request = _Request("spawn", cgroup_fd, (options.stdin, options.stdout, options.stderr))
-    if len(request.fds) + len(options.pass_fds) + 1 > wire.MAX_FDS:
-        raise ValueError(f"a fork server passes at most {wire.MAX_FDS - 6} pass_fds")
+    room = wire.MAX_FDS - len(request.fds) - 1  # the reply channel travels too
+    if len(options.pass_fds) > room:
+        raise ValueError(f"this request can pass at most {room} pass_fds (one message of SCM_RIGHTS)")
     env = options.env
     if env is None:  # our environment now, as Monitor.spawn passes it
         env = tuple(key + b"=" + value for key, value in os.environb.items())
@@ -142,8 +143,8 @@ def _spawn_request(options: _SpawnOptions, cgroup_fd: int | None) -> _Request:
         cwd=options.cwd,
         setsid=options.start_new_session,
         pgroup=options.process_group,
-        **{"pass": [(request.add(fd), fd) for fd in options.pass_fds]},
     )
+    request.body["pass"] = [(request.add(fd), fd) for fd in options.pass_fds]
     return request
 
 
