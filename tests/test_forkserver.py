@@ -165,7 +165,7 @@ import logging
 logging.getLogger("forkserver-test").addHandler(logging.StreamHandler())
 for handler in logging.getLogger("forkserver-test").handlers:
     handler.acquire()          # held by the server's only thread at every fork
-logging._acquireLock()
+logging._lock.acquire()      # the module lock too
 """
 
 
