@@ -534,19 +534,29 @@ def test_children_can_be_born_in_a_cgroup(server, tmp_path):
 
 # --- the default monitor, in a fresh interpreter --------------------------------------------
 
-README_EXAMPLE = textwrap.dedent("""
-    import os, subprocess, syncmon
+README_EXAMPLE = textwrap.dedent('''
+import os
+import syncmon
 
-    with syncmon.ForkServer(preload=("json",)) as server:
-        h = server.spawn(["sh", "-c", "exit 3"], stdout=subprocess.DEVNULL)
-        g = server.fork(os._exit, 4)
-        assert h.wait().returncode == 3 and g.future.result().returncode == 4
-        print("ok", h.pid != g.pid)
-""")
+with syncmon.ForkServer(preload=("json", "decimal")) as server:
+    h = server.spawn(["sh", "-c", "echo my parent is $PPID; exit 3"])  # a ChildHandle
+    g = server.fork(print, "hello from a fork child", flush=True)     # print(...) in a copy of the server
+    k = server.fork(os._exit, 7)
+    assert h.wait().returncode == 3
+    assert g.future.result().returncode == 0 and k.wait().returncode == 7
+    print("we are", os.getpid(), "- the server is", server.pid)
+    try:
+        server.spawn(["no-such-program"])
+    except FileNotFoundError as e:
+        print(e)                                                      # nothing left behind
+''')  # the README's example, verbatim
 
 
 def test_readme_example_on_the_default_monitor():
-    assert run_code(README_EXAMPLE, env=python_env()).strip() == "ok True"
+    lines = run_code(README_EXAMPLE, env=python_env()).splitlines()
+    ours = lines[2].split()[2]
+    assert lines == [f"my parent is {ours}", "hello from a fork child", lines[2],
+                     "[Errno 2] No such file or directory: 'no-such-program'"]
 
 
 # --- pid reuse: a pid namespace with its own low pid_max -------------------------------------
