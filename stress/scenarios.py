@@ -19,6 +19,7 @@ crew until the run's budget (seconds, children) is spent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -26,10 +27,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stress.config import Config
 from stress.subjects import (
@@ -124,6 +125,12 @@ class Run:
         popen = self._retrying(lambda: self.subject.popen(argv))
         self._record(popen.pid)
         return popen
+
+    def start(self, starter: Callable[[], Handle]) -> Handle:
+        """A child started some other way (``ForkServer``), counted like the subject's."""
+        handle = self._retrying(starter)
+        self._record(handle.pid)
+        return handle
 
     def plain_popen(self, argv: Sequence[str]) -> Waitable:
         popen: Waitable = self._retrying(lambda: subprocess.Popen(argv))
@@ -390,6 +397,67 @@ def _returncode(popen: Waitable, bound: float) -> Outcome | None:
         return None
 
 
+def forkserver(run: Run, rng: random.Random) -> None:
+    """exit_codes, with every child made by one ``syncmon.ForkServer`` that all threads share.
+
+    The children are the worker's own (``CLONE_PARENT``), handed over as pidfds
+    from birth and reaped by the subject's monitor: under fast reuse a status
+    must still reach exactly its handle, and nothing may be left of the server
+    or its children once the scenario ends.
+    """
+    monitor = getattr(run.subject, "_monitor", None)  # a SyncmonSubject's
+    if monitor is None:
+        run.tally.skipped = "needs a syncmon subject"
+        return
+    import syncmon
+    from stress.subjects import SyncmonHandle
+
+    with _shared_server(run, monitor) as server:
+        while run.going():
+            code = rng.randrange(256)
+
+            def start() -> Handle:
+                return SyncmonHandle(_through_server(server, code, rng), syncmon.W)
+
+            handle = run.start(start)
+            how = rng.choice(DEATH_WAITERS)
+            got = awaited(how, handle, os.WEXITED, run.bound)
+            run.check(handle.pid, got, {exited(code)}, f"forkserver/{how.__name__}")
+
+
+def _through_server(server: Any, code: int, rng: random.Random) -> Any:
+    """A ChildHandle whose child exits ``code``: an exec'd program, or a fork of the server."""
+    if rng.random() < 0.5:
+        return server.spawn(quick_exit(code, rng))
+    return server.fork(os._exit, code)
+
+
+_servers: dict[int, tuple[object, int]] = {}
+_servers_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _shared_server(run: Run, monitor: object) -> Iterator[Any]:
+    """One ForkServer per run, started by the first thread in, closed by the last one out
+    (the server is a child of ours: left running it would count as left behind)."""
+    import syncmon
+
+    with _servers_lock:
+        server, users = _servers.get(id(run), (None, 0))
+        if server is None:
+            server = syncmon.ForkServer(monitor=monitor)  # type: ignore[arg-type]
+        _servers[id(run)] = (server, users + 1)
+    try:
+        yield server
+    finally:
+        with _servers_lock:
+            server, users = _servers.pop(id(run))
+            if users > 1:
+                _servers[id(run)] = (server, users - 1)
+        if users == 1:
+            server.close()  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -427,6 +495,12 @@ SCENARIOS: dict[str, Scenario] = {
             stop_continue,
             "late",
             "SIGSTOP/SIGCONT awaited with W.STOPPED/W.CONTINUED, then SIGKILL",
+        ),
+        Scenario(
+            "forkserver",
+            forkserver,
+            "late",
+            "exit_codes through one syncmon.ForkServer: children that are ours, made by a helper",
         ),
         Scenario(
             "popen_side_by_side",

@@ -8,6 +8,7 @@ process was reaped.  Importing syncmon starts no thread.
 """
 
 from .child import ChildHandle
+from .forkserver import ForkServer
 from .launch import SpawnOptions
 from .monitor import Monitor, adopt, default_monitor, spawn
 from .state import CLD, ChildState, ReapedElsewhere, UncleanExit, W
@@ -20,6 +21,7 @@ __all__ = [
     "ChildHandle",
     "ChildState",
     "CommandPool",
+    "ForkServer",
     "InheritedAcrossFork",
     "Monitor",
     "Popen",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import cffi
 
@@ -96,6 +97,22 @@ ffi.cdef(
     extern char **environ;
 
     int prctl(int option, ...);
+    struct clone_args {
+        uint64_t flags;
+        uint64_t pidfd;
+        uint64_t child_tid;
+        uint64_t parent_tid;
+        uint64_t exit_signal;
+        uint64_t stack;
+        uint64_t stack_size;
+        uint64_t tls;
+        uint64_t set_tid;
+        uint64_t set_tid_size;
+        uint64_t cgroup;
+    };
+    long syscall(long number, ...);
+    void *pthread_self(void);
+
     """
 )
 lib = ffi.dlopen(None)
@@ -157,3 +174,37 @@ def check_errno_result(result: int, filename: object = None) -> None:
     """Raise for the ``posix_spawn*`` family, which return the error number."""
     if result != 0:
         raise OSError(result, os.strerror(result), *((filename,) if filename is not None else ()))
+
+
+# --- clone3, for the fork server (syncmon/_clone.py) ------------------------------
+#
+# glibc 2.36 has no clone3 wrapper, so it is the raw system call.  cffi
+# releases the GIL around it; that is harmless in the fork server, which has
+# no other thread to take the GIL meanwhile (and the child reacquires a GIL
+# that nobody holds).  The interpreter's own fork hooks, by contrast, must
+# run with the GIL held, so they are called through ctypes.pythonapi (a
+# PyDLL, which keeps it) and not through cffi.
+
+SYS_clone3 = 435
+CLONE_CHILD_SETTID = 0x01000000
+CLONE_PIDFD = 0x00001000
+CLONE_PARENT = 0x00008000
+CLONE_INTO_CGROUP = 0x200000000
+
+#: rt_sigaction by number (the per-architecture one): glibc's sigaction refuses
+#: its internal signals, which its posix_spawn leaves ignored in the child.
+SYS_rt_sigaction = {"x86_64": 13, "aarch64": 134}.get(os.uname().machine)
+GLIBC_INTERNAL_SIGNALS = (32, 33)  # SIGCANCEL, SIGSETXID
+
+ffi.typeof("struct clone_args *")
+
+
+def python_fork_hooks() -> tuple[Any, Any, Any]:
+    """``PyOS_BeforeFork``, ``PyOS_AfterFork_Parent``, ``PyOS_AfterFork_Child``, GIL held."""
+    import ctypes
+
+    api = ctypes.pythonapi
+    hooks = (api.PyOS_BeforeFork, api.PyOS_AfterFork_Parent, api.PyOS_AfterFork_Child)
+    for hook in hooks:
+        hook.argtypes, hook.restype = (), None
+    return hooks
