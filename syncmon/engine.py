@@ -94,25 +94,24 @@ class Lifetime:
             assert engine._users > 0, "retain() needs a reference already held"
             engine._users += 1
 
-    def release(self, engine: Engine) -> None:
+    def release(self, engine: Engine) -> bool:
+        """Drop one reference; return whether that stopped the engine."""
         with self._lock:
             if engine.abandoned:
-                return  # inherited across fork(): nothing of it is ours to stop
+                return False  # inherited across fork(): nothing of it is ours to stop
             engine._users -= 1
             if engine._users:
-                return
+                return False
             if self._current is engine:
                 self._current = None
             self._retiring = engine
             engine.callbacks.shutdown()
             engine.reactor.stop(join=False)
+            return True
 
     def stop_and_wait(self, engine: Engine) -> None:
         """Release ``engine`` and, if that stopped it, wait for its thread (``Monitor.close``)."""
-        self.release(engine)
-        with self._lock:
-            stopped = self._current is not engine and not engine.abandoned
-        if stopped:
+        if self.release(engine):
             engine.reactor.join()
 
     def after_fork_in_child(self) -> list[Engine]:

@@ -90,13 +90,13 @@ def find_program(program: bytes, search_path: Sequence[str]) -> bytes:
     return os.fsencode(found)
 
 
-_FD_LIMIT = 2**31 - 1  # a C int
+_C_INT_MAX = 2**31 - 1  # descriptors and group ids are C ints
 
 
 def _check_fd(fd: object, name: str) -> int:
     if isinstance(fd, bool) or not isinstance(fd, int):
         raise TypeError(f"{name} must be a file descriptor (int), not {type(fd).__name__}")
-    if not 0 <= fd <= _FD_LIMIT:
+    if not 0 <= fd <= _C_INT_MAX:
         raise ValueError(f"{name}: invalid file descriptor {fd}")
     os.fstat(fd)  # EBADF now, rather than a confusing failure in the child
     return fd
@@ -122,7 +122,7 @@ def _check_process_group(process_group: int | None, start_new_session: bool) -> 
         return
     if isinstance(process_group, bool) or not isinstance(process_group, int):
         raise TypeError("process_group must be an int")
-    if not 0 <= process_group <= _FD_LIMIT:
+    if not 0 <= process_group <= _C_INT_MAX:
         raise ValueError("process_group must be 0 (a new group) or a group id")
     if start_new_session:
         raise ValueError("start_new_session already makes a new process group")
@@ -281,9 +281,10 @@ class _SpawnRequest:
             for fd in _open_fds_below(highest):
                 if fd > 2 and fd not in keep:
                     check_errno_result(lib.posix_spawn_file_actions_addclose(self.actions, fd))
-        if highest + 1 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+        if not pass_fds or highest + 1 < resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
             # glibc refuses a start at or past the descriptor limit (EBADF):
-            # there is nothing to close there anyway.
+            # there is nothing to close there anyway.  (Only a kept fd can be
+            # that high: without one, 3 is always below the limit.)
             check_errno_result(lib.posix_spawn_file_actions_addclosefrom_np(self.actions, highest + 1))
 
     def chdir(self, path: bytes) -> None:

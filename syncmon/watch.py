@@ -117,11 +117,13 @@ class Watch:
             self._zombie = True
         else:
             self._close_pidfd()
-        self._end = end
         if isinstance(end, ChildState):
             self.future.resolve(end)
         else:
             self.future.fail(end)
+        # Only now: readers look at the end without the lock, and whoever
+        # sees it must find the future resolved too.
+        self._end = end
         if not engine.reactor.on_reactor_thread():
             # The other waiters cannot count on this death's SIGCHLD to wake
             # them: with no child left that needs it, nobody listens to the
@@ -236,27 +238,27 @@ class Watch:
 
     @contextlib.contextmanager
     def _engine_for_waiting(self, options: int) -> Iterator[Engine | None]:
-        """The engine, held by this waiter for as long as it waits on the generation.
+        """The engine whose generation this waiter sleeps on; ``None`` once the end is recorded.
 
-        A waiter holds its own reference: the child's may be given back (its
-        death recorded) while the waiter is still inside, and the engine must
-        not stop under it.  A wait for stop/continue also makes the reactor
-        listen to SIGCHLD, the only thing that tells of those.
+        An exit wait needs nothing of the engine but its reactor's condition,
+        a plain object that outlives the engine's thread.  A wait for
+        stop/continue makes the reactor listen to SIGCHLD, the only thing that
+        tells of those, and that needs a live epoll: such a waiter holds its own
+        reference, since the child's may be given back (its death recorded)
+        while the waiter is still inside.
         """
         with self.lock:
             if self._end is not None:
                 engine = None
             else:
                 engine = self._engine
-                engine.retain()
-        if engine is None:
-            yield None
+                if options & STOP_KINDS:
+                    engine.retain()
+        if engine is None or not options & STOP_KINDS:
+            yield engine
             return
         try:
-            if options & STOP_KINDS:
-                with engine.reactor.sigchld_needed():
-                    yield engine
-            else:
+            with engine.reactor.sigchld_needed():
                 yield engine
         finally:
             engine.release()

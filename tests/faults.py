@@ -30,11 +30,11 @@ def _free_fd_numbers(limit: int) -> Iterator[int]:
     """
     open_now = {int(name) for name in os.listdir("/proc/self/fd")}
     # listdir's own directory descriptor is closed again by now.
-    open_now = {fd for fd in open_now if _is_open(fd)}
+    open_now = {fd for fd in open_now if is_open(fd)}
     return (fd for fd in range(limit) if fd not in open_now)
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError:

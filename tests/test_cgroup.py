@@ -172,27 +172,25 @@ def test_populated_zero_before_reap():
         assert reap(p) == 3
 
 
-def test_sigterm_goes_to_each_member():
+def _kill_whole_tree(kill, sig: int) -> None:
+    """Start a tree in a cgroup, kill it with ``kill(cgroup, sig)``: every member, then empty."""
     with Cgroup() as cg:
         p = start_in([cg.path], sh_tree(TREE))
         try:
             wait_sleepers(cg.pids, TREE_SIZE - 1)
-            assert cg.kill(signal.SIGTERM) == TREE_SIZE
+            assert kill(cg, sig) == TREE_SIZE
             assert wait_populated_zero(cg)
         finally:
-            assert reap(p) == -signal.SIGTERM
+            assert reap(p) == -sig
+
+
+def test_sigterm_goes_to_each_member():
+    _kill_whole_tree(Cgroup.kill, signal.SIGTERM)
 
 
 def test_kill_without_cgroup_kill_file():
     """The per-pid path used before Linux 5.14: every member, verified, through pidfds."""
-    with Cgroup() as cg:
-        p = start_in([cg.path], sh_tree(TREE))
-        try:
-            wait_sleepers(cg.pids, TREE_SIZE - 1)
-            assert cg._kill_each(signal.SIGKILL) == TREE_SIZE
-            assert wait_populated_zero(cg)
-        finally:
-            assert reap(p) == -signal.SIGKILL
+    _kill_whole_tree(Cgroup._kill_each, signal.SIGKILL)
 
 
 def test_stats_after_work_and_after_remove():

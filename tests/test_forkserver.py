@@ -23,6 +23,7 @@ import pytest
 
 from syncmon import ForkServer, Monitor
 from syncmon.forkserver import ForkServerError
+from faults import is_open
 from helpers import HANG, eventually, our_children, proc_stat, python_env, read_all, run_code, run_in_threads, sh, \
     status_sigset
 
@@ -83,14 +84,6 @@ def print_length(data: str) -> None:
 
 def echo_args(*args: object, **kwargs: object) -> None:
     print(repr((args, kwargs)), flush=True)
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 # --- fixtures -----------------------------------------------------------------------
@@ -303,7 +296,7 @@ WRITE_TO = "import os, sys; [os.write(int(fd), b'via-' + fd.encode()) for fd in 
 def test_pass_fds_land_on_their_own_numbers(server):
     """Whatever numbers the server received them at, the child has them at ours."""
     r, w = os.pipe()
-    free = [n for n in range(3, 200) if not _is_open(n)]
+    free = [n for n in range(3, 200) if not is_open(n)]
     fds = [os.dup2(w, n) for n in (free[-1], free[0], free[1])]  # high and low, out of order
     try:
         h = server.spawn([sys.executable, "-c", WRITE_TO, *map(str, fds)], pass_fds=fds)

@@ -21,16 +21,21 @@ BOUND = 240
 pytestmark = pytest.mark.timeout(BOUND)
 
 
-def test_short_stress_run_finds_no_syncmon_error() -> None:
+def run_stress(*options: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``python -m stress OPTIONS --json`` from the checkout: the process and its report."""
     completed = subprocess.run(
-        [sys.executable, "-m", "stress", "--short", "--json"],
+        [sys.executable, "-m", "stress", *options, "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=BOUND - 10,
     )
     assert completed.stdout, completed.stderr
-    result = json.loads(completed.stdout)
+    return completed, json.loads(completed.stdout)
+
+
+def test_short_stress_run_finds_no_syncmon_error() -> None:
+    completed, result = run_stress("--short")
     in_namespace = result["environment"]["namespace"]
     checked = {name: run for name, run in result["subjects"].items() if run["gates_exit_status"]}
     assert "syncmon" in checked
@@ -50,15 +55,7 @@ SHORT_SOAK_CHILDREN = 10_000
 
 def test_short_soak_has_no_error_and_flat_resource_use() -> None:
     """``python -m stress --soak --children N``: the soak of stress/RESULTS.md, scaled down."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "stress", "--soak", "--children", str(SHORT_SOAK_CHILDREN), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=BOUND - 10,
-    )
-    assert completed.stdout, completed.stderr
-    result = json.loads(completed.stdout)
+    completed, result = run_stress("--soak", "--children", str(SHORT_SOAK_CHILDREN))
     run = result["subjects"]["syncmon"]
     assert run["finished"], run["stderr"]
     tally = run["scenarios"]["soak"]
