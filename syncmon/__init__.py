@@ -15,6 +15,7 @@ from .state import CLD, ChildState, ReapedElsewhere, UncleanExit, W
 from .watch import InheritedAcrossFork
 from .pool import CommandPool
 from .popen import Popen
+from .tree import ProcessTree, TreeUsage
 
 __all__ = [
     "CLD",
@@ -25,8 +26,10 @@ __all__ = [
     "InheritedAcrossFork",
     "Monitor",
     "Popen",
+    "ProcessTree",
     "ReapedElsewhere",
     "SpawnOptions",
+    "TreeUsage",
     "UncleanExit",
     "W",
     "adopt",

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 import signal
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .futures import DeathFuture
+
+if TYPE_CHECKING:
+    from .tree import ProcessTree
 from .state import ChildState, ReapedElsewhere, UncleanExit, W
 from .watch import EXITED, NOHANG, NOWAIT, STOP_KINDS, InheritedAcrossFork, Watch
 
@@ -74,11 +77,14 @@ class ChildHandle:
     Every method may be called from any thread, by many threads at once.
     """
 
-    __slots__ = ("pid", "command", "_watch")
+    __slots__ = ("pid", "command", "tree", "_watch")
 
     def __init__(self, watch: Watch, command: Sequence[Any] | None) -> None:
         self.pid = watch.pid
         self.command = list(command) if command is not None else None
+        #: The child and everything it started (``spawn(..., tree=True)``), else
+        #: ``None``.  Set once, by the tree's spawner, before the handle is returned.
+        self.tree: ProcessTree | None = None
         self._watch = watch
 
     @property
@@ -149,13 +155,30 @@ class ChildHandle:
             raise UncleanExit(state, self.command)
         return state
 
+    def stop(self, grace: float = 5.0) -> ChildState:
+        """SIGTERM (the tree, if any), wait up to ``grace`` seconds, SIGKILL, wait.
+
+        Returns the child's state; with a tree, once every member is gone.
+        """
+        deadline_of(grace)  # a bad grace raises before anything is signalled
+        target: ProcessTree | ChildHandle = self.tree if self.tree is not None else self
+        target.kill(signal.SIGTERM)
+        try:
+            return target.wait(timeout=grace)
+        except TimeoutError:
+            target.kill(signal.SIGKILL)
+            return target.wait()
+
     def __enter__(self) -> ChildHandle:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        """Leave no child behind: kill one that is still alive, and reap it."""
+        """Leave nothing behind: kill the child (its whole tree, if any) and reap it."""
         try:
-            if self.poll() is None:
+            if self.tree is not None:
+                self.tree.kill()
+                self.tree.wait()
+            elif self.poll() is None:
                 self.kill()
                 self.wait()
         except (ProcessLookupError, ReapedElsewhere, InheritedAcrossFork):

@@ -28,7 +28,7 @@ from . import _forkserver_wire as wire
 from ._clone import clone3_missing
 from ._forkserver_main import BOOT
 from .child import ChildHandle
-from .launch import SpawnOptions, StrOrBytesPath
+from .launch import SpawnOptions, StrOrBytesPath, as_command
 from .monitor import Monitor, default_monitor
 
 
@@ -57,9 +57,8 @@ class _SpawnOptions:
     pass_fds: tuple[int, ...]
 
 
-def _parse_spawn_options(argv: StrOrBytesPath | Sequence[StrOrBytesPath], **options: Any) -> _SpawnOptions:
-    """Check everything ``Monitor.spawn`` checks (``SpawnOptions.parse``), before anything is sent."""
-    parsed = SpawnOptions.parse(argv, **options)
+def _wire_options(parsed: SpawnOptions) -> _SpawnOptions:
+    """The request's form of options ``SpawnOptions.parse`` already checked."""
     stdin, stdout, stderr = parsed.streams
     return _SpawnOptions(
         argv=parsed.argv,
@@ -179,17 +178,29 @@ class ForkServer:
         self,
         argv: StrOrBytesPath | Sequence[StrOrBytesPath],
         *,
-        cgroup_fd: int | None = None,
+        tree: bool = False,
         **options: Any,
     ) -> ChildHandle:
         """Start ``argv`` as our child; the options mean what they mean to ``Monitor.spawn``.
 
         A program that cannot be executed raises the ``OSError`` of its exec
         (``FileNotFoundError``, ``PermissionError``, ...), with the failed
-        child already reaped.  ``cgroup_fd`` (internal, for process trees): a
-        cgroup2 directory the child is born in.
+        child already reaped.  ``tree=True``: the child and everything it
+        starts are one :class:`~syncmon.ProcessTree` (``handle.tree``).
         """
-        parsed = _parse_spawn_options(argv, **options)
+        if not isinstance(tree, bool):
+            raise TypeError(f"tree must be True or False, not {type(tree).__name__}")
+        request = SpawnOptions.parse(argv, **options)
+        if tree:
+            from .tree import spawn_tree
+
+            return spawn_tree(self._monitor, request, as_command(argv), server=self)
+        return self.spawn_parsed(request)
+
+    def spawn_parsed(self, request: SpawnOptions, *, cgroup_fd: int | None = None) -> ChildHandle:
+        """:meth:`spawn` with options already parsed; ``cgroup_fd`` (for process
+        trees): a cgroup2 directory the child is born in (``CLONE_INTO_CGROUP``)."""
+        parsed = _wire_options(request)
         paths = {"exec": os.fsdecode(parsed.argv[0])}
         if parsed.cwd is not None:
             paths["cwd"] = os.fsdecode(parsed.cwd)

@@ -35,6 +35,7 @@ from .signalfd import children_autoreaped
 from .watch import Watch, is_unreaped_child, lost_at_birth, open_pidfd, watch_child
 
 if TYPE_CHECKING:
+    from .forkserver import ForkServer
     from .popen import Popen
 
 #: Held from a child's creation until its pidfd is open and verified (see the
@@ -63,12 +64,20 @@ class Monitor:
         self.pidfd = pidfds.wanted(pidfd)
         self._lock = threading.Lock()
         self._engine: Engine | None = LIFETIME.acquire()
+        self._tree_server_lock = threading.Lock()
+        self._tree_server: ForkServer | None = None  # made on the first spawn(tree=True)
 
     @property
     def closed(self) -> bool:
         return self._engine is None
 
     def close(self) -> None:
+        """Stop starting children here (those started keep being watched).  The
+        fork server of this monitor's trees ends too; its children do not."""
+        with self._tree_server_lock:
+            server, self._tree_server = self._tree_server, None
+        if server is not None:
+            server.close()
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:
@@ -109,15 +118,25 @@ class Monitor:
 
     # -- starting children ---------------------------------------------------------
 
-    def spawn(self, argv: StrOrBytesPath | Sequence[StrOrBytesPath], **options: Any) -> ChildHandle:
+    def spawn(
+        self, argv: StrOrBytesPath | Sequence[StrOrBytesPath], *, tree: bool = False, **options: Any
+    ) -> ChildHandle:
         """Start ``argv`` and watch it.
 
         The keywords are those of :meth:`SpawnOptions.parse` (``env``, ``cwd``,
         ``stdin``, ``stdout``, ``stderr``, ``start_new_session``,
         ``process_group``, ``pass_fds``), and mean what they mean to
         ``subprocess.Popen``.  Every argument is checked before anything starts.
+        ``tree=True``: the child and everything it starts are one
+        :class:`~syncmon.ProcessTree` (``handle.tree``).
         """
+        if not isinstance(tree, bool):
+            raise TypeError(f"tree must be True or False, not {type(tree).__name__}")
         request = SpawnOptions.parse(argv, **options)
+        if tree:
+            from .tree import spawn_tree
+
+            return spawn_tree(self, request, as_command(argv))
         return self.spawn_parsed(request, as_command(argv))
 
     def spawn_parsed(self, request: SpawnOptions, command: Sequence[Any] | None = None) -> ChildHandle:
@@ -214,6 +233,38 @@ class Monitor:
         watch = watch_child(engine, pid, pidfd, lock=threading.Lock(), reaps=True, stale_is_certain=False)
         return handle_of(watch, None)
 
+    def watch_fd(self, fd: int, on_ready: Callable[[], None]) -> Callable[[], None]:
+        """Have the monitor thread call ``on_ready()`` whenever ``fd`` is readable or
+        has priority data (see :meth:`Registry.add_fd`); return the function that
+        stops it, to be called once, before ``fd`` is closed.  The descriptor
+        stays the caller's; the engine lives at least until the stop."""
+        engine = self._open_engine()
+        try:
+            engine.registry.add_fd(fd, on_ready)
+        except BaseException:
+            engine.release()
+            raise
+        stopped = threading.Lock()
+
+        def unwatch() -> None:
+            if stopped.acquire(blocking=False):  # exactly once
+                engine.registry.remove_fd(fd)
+                engine.release()
+
+        return unwatch
+
+    def tree_server(self) -> ForkServer:
+        """The fork server that starts this monitor's trees (children born in a
+        cgroup need ``clone3``); made on first use, ended by :meth:`close`."""
+        with self._tree_server_lock:
+            if self._tree_server is None:
+                if self.closed:
+                    raise RuntimeError("this Monitor is closed")
+                from .forkserver import ForkServer
+
+                self._tree_server = ForkServer(monitor=self)
+            return self._tree_server
+
     @contextlib.contextmanager
     def sigchld_unblocked(self) -> Iterator[None]:
         """A window in which this thread can start children with another tool
@@ -281,9 +332,9 @@ def default_monitor() -> Monitor:
         return _default
 
 
-def spawn(argv: StrOrBytesPath | Sequence[StrOrBytesPath], **options: Any) -> ChildHandle:
+def spawn(argv: StrOrBytesPath | Sequence[StrOrBytesPath], *, tree: bool = False, **options: Any) -> ChildHandle:
     """``Monitor.spawn`` on the process-wide monitor."""
-    return default_monitor().spawn(argv, **options)
+    return default_monitor().spawn(argv, tree=tree, **options)
 
 
 def adopt(pid: int, *, pidfd: int | None = None) -> ChildHandle:

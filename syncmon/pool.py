@@ -253,7 +253,7 @@ class CommandPool:
                 job.kill_requested = True  # _start kills it as soon as it exists
                 return True
             handle = job.handle
-        handle.kill()  # outside _lock: see the lock order
+        _kill_tree(handle)  # outside _lock: see the lock order
         return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -352,7 +352,7 @@ class CommandPool:
             self._finish(job)
             return
         try:
-            job.handle.kill()  # a no-op if its death is known; the death then settles the job
+            self._cut_short(job)  # a no-op if its death is known; the death then settles the job
         except OSError:
             pass  # reaped elsewhere: the death future is resolved, and with it the job
 
@@ -392,7 +392,7 @@ class CommandPool:
                     job.open[mine] = name
                     theirs.append(child)
                     kwargs[name] = child
-            handle = monitor.spawn(job.argv, **kwargs)
+            handle = monitor.spawn(job.argv, tree=True, **kwargs)
         finally:
             for fd in theirs:
                 os.close(fd)
@@ -402,13 +402,20 @@ class CommandPool:
         # First, so that whatever fails from here on, the death settles the job.
         handle.future.add_done_notifier(lambda _: self._on_death(job))
         if kill_now:
-            handle.kill()
+            _kill_tree(handle)
         if job.timeout is not None and math.isfinite(job.timeout):
             job.deadline = time.monotonic() + job.timeout
         for fd, name in list(job.open.items()):
             os.set_blocking(fd, False)
             self._epoll.register(fd, select.EPOLLOUT if name == "stdin" else select.EPOLLIN)
             self._by_fd[fd] = job
+
+    def _cut_short(self, job: _Job) -> None:
+        """Kill the job's whole tree; the job settles once the tree is empty, so
+        that no process of it is left when its result arrives."""
+        assert job.handle is not None and job.handle.tree is not None
+        job.handle.tree.future.add_done_notifier(lambda _: self._on_death(job))
+        _kill_tree(job.handle)
 
     def _on_death(self, job: _Job) -> None:
         # A notifier: runs in the resolving thread, under the handle's lock.
@@ -467,7 +474,7 @@ class CommandPool:
             if job.deadline is not None and not job.timed_out and now >= job.deadline:
                 job.timed_out = True
                 assert job.handle is not None
-                self._guarded(job, job.handle.kill)  # as subprocess.run: kill, then resolve at the death
+                self._guarded(job, self._cut_short, job)  # as subprocess.run: kill, then resolve at the death
 
     def _finish_dead(self) -> None:
         """Settle jobs whose child is dead.
@@ -482,6 +489,8 @@ class CommandPool:
             dead, self._dead = self._dead, deque()
         for job in dead:
             cut_short = job.timed_out or job.error is not None
+            if cut_short and job.handle is not None and not _tree_done(job.handle):
+                continue  # killed: the tree's end brings it back
             if not cut_short and any(name != "stdin" for name in job.open.values()):
                 with self._lock:
                     self._dead.append(job)  # its pipes report EOF later, and it is looked at again
@@ -504,6 +513,15 @@ class CommandPool:
             job.future.fail(error)
         else:
             job.future.resolve(result)
+
+
+def _kill_tree(handle: ChildHandle) -> None:
+    assert handle.tree is not None  # every command runs as a tree
+    handle.tree.kill()
+
+
+def _tree_done(handle: ChildHandle) -> bool:
+    return handle.tree is None or handle.tree.future.done()
 
 
 def _spawn_options(args: Any, shell: bool, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

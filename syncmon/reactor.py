@@ -112,10 +112,10 @@ class Reactor:
 
     # -- descriptors ---------------------------------------------------------------
 
-    def add(self, fd: int) -> None:
-        """Report ``fd`` to the client whenever it is readable.  May raise
-        (ENOMEM, ENOSPC at ``max_user_watches``): the caller then does without."""
-        self._epoll.register(fd, select.EPOLLIN)
+    def add(self, fd: int, events: int = select.EPOLLIN) -> None:
+        """Report ``fd`` to the client whenever it is ready for ``events``.  May
+        raise (ENOMEM, ENOSPC at ``max_user_watches``): the caller then does without."""
+        self._epoll.register(fd, events)
 
     def remove(self, fd: int) -> None:
         """Stop reporting ``fd``.  Call before the descriptor is closed."""

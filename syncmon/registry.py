@@ -12,8 +12,9 @@ child's end *is* (its pidfd, its death) belongs to the child's
 from __future__ import annotations
 
 import logging
+import select
 import threading
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .reactor import Reactor
 
@@ -47,6 +48,7 @@ class Registry:
         self._by_pidfd: dict[int, Watched] = {}
         self._signal_only: dict[int, Watched] = {}  # pid -> child told of by SIGCHLD alone
         self._paused: set[int] = set()  # pidfds a waiter polls itself: see pause()
+        self._other: dict[int, Callable[[], None]] = {}  # fd -> its callback: see add_fd()
 
     def add(self, child: Watched, pidfd: int | None) -> Watched:
         """Start watching ``child``; return the child already watched under its pid, if any.
@@ -84,6 +86,24 @@ class Registry:
                 else:
                     self._reactor.remove(pidfd)
 
+    def add_fd(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Call ``on_ready()`` in the reap pass whenever ``fd`` is readable or has
+        priority data (``EPOLLPRI``: a cgroup's ``cgroup.events`` when it changed).
+
+        Level-triggered: ``on_ready`` must consume what made ``fd`` ready (read
+        the file), or it is called again on every pass.  It runs on the monitor
+        thread with no lock of syncmon's held, and must not block.
+        """
+        with self._lock:
+            self._reactor.add(fd, select.EPOLLIN | select.EPOLLPRI)
+            self._other[fd] = on_ready
+
+    def remove_fd(self, fd: int) -> None:
+        """Stop calling back for ``fd``.  Call before the descriptor is closed."""
+        with self._lock:
+            if self._other.pop(fd, None) is not None:
+                self._reactor.remove(fd)
+
     def pause(self, pidfd: int) -> None:
         """Stop the monitor thread from waking for a pidfd that a waiter polls itself.
 
@@ -112,15 +132,16 @@ class Registry:
     def reap(self, ready_fds: list[int], sigchld: bool) -> None:
         """The reap pass, on the reactor thread: let every child that may have changed look."""
         with self._lock:
-            ready = [self._by_pidfd[fd] for fd in ready_fds if fd in self._by_pidfd]
+            ready = [self._by_pidfd[fd].collect for fd in ready_fds if fd in self._by_pidfd]
+            ready += [self._other[fd] for fd in ready_fds if fd in self._other]
             if sigchld:
-                ready += self._signal_only.values()
-        for child in ready:
+                ready += [child.collect for child in self._signal_only.values()]
+        for look in ready:
             try:
-                child.collect()
+                look()
             except Exception:
                 # One child's trouble must not end the monitoring of all the others.
-                _logger.exception("syncmon: reap pass failed for %r", child)
+                _logger.exception("syncmon: reap pass failed for %r", look)
 
     def children(self) -> list[Watched]:
         """A snapshot of the watched children, taken without the lock.

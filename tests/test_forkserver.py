@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from syncmon import ForkServer, Monitor
+from syncmon import ForkServer, Monitor, SpawnOptions
 from syncmon.forkserver import ForkServerError
 from faults import is_open
 from helpers import HANG, eventually, our_children, proc_stat, python_env, read_all, run_code, run_in_threads, sh, \
@@ -224,14 +224,15 @@ class Unpicklable:
     (lambda s: s.spawn(["true"], process_group=-1), ValueError),
     (lambda s: s.spawn(["true"], process_group=0, start_new_session=True), ValueError),
     (lambda s: s.spawn(["true"], no_such_option=1), TypeError),
-    (lambda s: s.spawn(["true"], cgroup_fd="3"), TypeError),
+    (lambda s: s.spawn_parsed(SpawnOptions.parse(["true"]), cgroup_fd="3"), TypeError),
+    (lambda s: s.spawn(["true"], tree="yes"), TypeError),
     (lambda s: s.spawn(["true"], pass_fds=range(3, 300)), (ValueError, OSError)),
     (lambda s: s.fork(lambda: None), (pickle.PicklingError, AttributeError)),
     (lambda s: s.fork(echo_args, Unpicklable()), pickle.PicklingError),
     (lambda s: s.fork("echo_args"), TypeError),
 ], ids=["empty", "nul", "item-type", "none", "env-key", "env-nul", "pipe", "negative-fd", "str-fd",
         "closed-fd", "closed-pass-fd", "std-pass-fd", "str-pass-fd", "negative-group", "group-and-session",
-        "unknown-option", "str-cgroup", "too-many-fds", "lambda", "unpicklable-arg", "not-callable"])
+        "unknown-option", "str-cgroup", "str-tree", "too-many-fds", "lambda", "unpicklable-arg", "not-callable"])
 def test_bad_arguments_are_refused_before_anything_is_sent(server, call, error):
     pid = server.pid
     with pytest.raises(error):
@@ -505,7 +506,13 @@ def test_children_can_be_born_in_a_cgroup(server, tmp_path):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            state, out = spawn_out(server, ["cat", "/proc/self/cgroup"], cgroup_fd=fd)
+            r, w = os.pipe()
+            try:
+                h = server.spawn_parsed(SpawnOptions.parse(["cat", "/proc/self/cgroup"], stdout=w), cgroup_fd=fd)
+            finally:
+                os.close(w)
+            out = read_all(r)
+            state = h.wait(timeout=HANG)
             assert state.returncode == 0
             assert f"0::{path[len('/sys/fs/cgroup/unified'):]}\n" in out
             g = server._fork(sleep_then_exit, (0.0, 3), {}, fd)
@@ -513,7 +520,7 @@ def test_children_can_be_born_in_a_cgroup(server, tmp_path):
             not_a_cgroup, w = os.pipe()
             try:
                 with pytest.raises(OSError) as info:
-                    server.spawn(["true"], cgroup_fd=not_a_cgroup)
+                    server.spawn_parsed(SpawnOptions.parse(["true"]), cgroup_fd=not_a_cgroup)
             finally:
                 os.close(not_a_cgroup)
                 os.close(w)
@@ -556,7 +563,7 @@ def test_readme_example_on_the_default_monitor():
 
 PID_REUSE = textwrap.dedent("""
     import os, random, signal, subprocess, sys, threading
-    from syncmon import ForkServer, Monitor
+    from syncmon import ForkServer, Monitor, SpawnOptions
 
     with open("/proc/sys/kernel/pid_max", "w") as f:
         f.write("320")                     # this namespace's own, since Linux 6.14
