@@ -103,6 +103,7 @@ class _Job:
         self.written = 0  # how much of input the child has
         self.handle: ChildHandle | None = None
         self.kill_requested = False  # kill() came while the child was being started
+        self.tree_killed = False  # settle once the tree is empty, not at the child's death
         self.deadline: float | None = None
         self.timed_out = False
         self.error: BaseException | None = None  # the job failed; resolves with this at the death
@@ -239,9 +240,9 @@ class CommandPool:
     def kill(self, future: Future[Any]) -> bool:
         """Kill the command behind ``future`` (or cancel it, if still queued).
 
-        Returns False if it had already finished.  The future then resolves
-        as the killed command's result (or ``CalledProcessError`` with
-        ``check=True``), like any other death.
+        Returns False if it had already finished.  The whole tree is
+        killed, and the future resolves once it is empty, as the killed
+        command's result (or ``CalledProcessError`` with ``check=True``).
         """
         if future.cancel():
             return True
@@ -252,8 +253,7 @@ class CommandPool:
             if job.handle is None:
                 job.kill_requested = True  # _start kills it as soon as it exists
                 return True
-            handle = job.handle
-        _kill_tree(handle)  # outside _lock: see the lock order
+        self._kill_job(job)  # outside _lock: see the lock order
         return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -352,7 +352,7 @@ class CommandPool:
             self._finish(job)
             return
         try:
-            self._cut_short(job)  # a no-op if its death is known; the death then settles the job
+            self._kill_job(job)  # a no-op if its death is known; the death then settles the job
         except OSError:
             pass  # reaped elsewhere: the death future is resolved, and with it the job
 
@@ -402,7 +402,7 @@ class CommandPool:
         # First, so that whatever fails from here on, the death settles the job.
         handle.future.add_done_notifier(lambda _: self._on_death(job))
         if kill_now:
-            _kill_tree(handle)
+            self._kill_job(job)
         if job.timeout is not None and math.isfinite(job.timeout):
             job.deadline = time.monotonic() + job.timeout
         for fd, name in list(job.open.items()):
@@ -410,12 +410,14 @@ class CommandPool:
             self._epoll.register(fd, select.EPOLLOUT if name == "stdin" else select.EPOLLIN)
             self._by_fd[fd] = job
 
-    def _cut_short(self, job: _Job) -> None:
+    def _kill_job(self, job: _Job) -> None:
         """Kill the job's whole tree; the job settles once the tree is empty, so
         that no process of it is left when its result arrives."""
-        assert job.handle is not None and job.handle.tree is not None
-        job.handle.tree.future.add_done_notifier(lambda _: self._on_death(job))
-        _kill_tree(job.handle)
+        tree = job.handle.tree if job.handle is not None else None
+        assert tree is not None  # every command runs as a tree
+        job.tree_killed = True
+        tree.future.add_done_notifier(lambda _: self._on_death(job))
+        tree.kill()
 
     def _on_death(self, job: _Job) -> None:
         # A notifier: runs in the resolving thread, under the handle's lock.
@@ -474,7 +476,7 @@ class CommandPool:
             if job.deadline is not None and not job.timed_out and now >= job.deadline:
                 job.timed_out = True
                 assert job.handle is not None
-                self._guarded(job, self._cut_short, job)  # as subprocess.run: kill, then resolve at the death
+                self._guarded(job, self._kill_job, job)  # as subprocess.run: kill, then resolve
 
     def _finish_dead(self) -> None:
         """Settle jobs whose child is dead.
@@ -489,7 +491,7 @@ class CommandPool:
             dead, self._dead = self._dead, deque()
         for job in dead:
             cut_short = job.timed_out or job.error is not None
-            if cut_short and job.handle is not None and not _tree_done(job.handle):
+            if job.tree_killed and not _tree_done(job):
                 continue  # killed: the tree's end brings it back
             if not cut_short and any(name != "stdin" for name in job.open.values()):
                 with self._lock:
@@ -515,13 +517,8 @@ class CommandPool:
             job.future.resolve(result)
 
 
-def _kill_tree(handle: ChildHandle) -> None:
-    assert handle.tree is not None  # every command runs as a tree
-    handle.tree.kill()
-
-
-def _tree_done(handle: ChildHandle) -> bool:
-    return handle.tree is None or handle.tree.future.done()
+def _tree_done(job: _Job) -> bool:
+    return job.handle is None or job.handle.tree is None or job.handle.tree.future.done()
 
 
 def _spawn_options(args: Any, shell: bool, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -35,14 +35,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from . import _cgroup, _proctree
-from .child import ChildHandle, check_signal, deadline_of
+from .child import ChildHandle, deadline_of
 from .futures import CallbackRunner, OwnedFuture
-from .launch import SpawnOptions
+from .launch import SpawnOptions, child_signal_mask, spawn_process
 from .state import ChildState
+
+from .monitor import Monitor, handle_of
 
 if TYPE_CHECKING:
     from .forkserver import ForkServer
-    from .monitor import Monitor
 
 #: The trees' futures run their done-callbacks here (never on the monitor thread).
 _CALLBACKS = CallbackRunner()
@@ -92,9 +93,9 @@ class ProcessTree:
         self._done = False  # guarded by _lock
         self._future: OwnedFuture[ChildState] = OwnedFuture(_CALLBACKS)
         self._future.start()
-        # A notifier, not a callback: it must run even when callback threads
-        # are all busy, and it only takes the tree's lock.
-        root.future.add_done_notifier(self._root_ended)
+        # A callback, not a notifier: finishing the tree may reap the root
+        # (the fallback's), which takes the root's lock, held by notifiers.
+        root.future.add_done_callback(self._root_ended)
         members.watch(self._members_gone)
 
     @property
@@ -110,8 +111,11 @@ class ProcessTree:
         return self._members.pids()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to every live member, never to a process outside the tree."""
-        check_signal(sig)
+        """Send ``sig`` to every live member, never to a process outside the tree.
+
+        Signal 0 is refused: "does it exist" has no single answer for a tree
+        (use :meth:`pids`)."""
+        _proctree.check_signal(sig)
         with self._lock:
             if self._done:
                 return
@@ -137,7 +141,7 @@ class ProcessTree:
     # -- the end ---------------------------------------------------------------------
 
     def _root_ended(self, death: Future[ChildState]) -> None:
-        # A notifier: runs under the root's lock in whichever thread recorded it.
+        # On a callback thread (or here, if the root was already dead), no lock held.
         with self._lock:
             self._root_end = death
         self._settle()
@@ -224,23 +228,37 @@ class _CgroupMembers:
 class _ProcMembers:
     mechanism = "proc"
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, reap_root: Callable[[], None]) -> None:
         self._tree = _proctree.ProcTree(root_pid, session=True)
+        self._reap_root = reap_root
         self._thread: threading.Thread | None = None
 
     def pids(self) -> list[int]:
-        return self._tree.pids()
+        try:
+            return self._tree.pids()
+        except ValueError:
+            return []  # closed meanwhile: the tree is done
 
     def kill(self, sig: int) -> None:
-        self._tree.kill(sig)
+        try:
+            self._tree.kill(sig)
+        except ValueError:
+            pass  # closed meanwhile: nobody is left
 
     def usage(self) -> TreeUsage:
         return TreeUsage(cpu_seconds=None, memory_peak=None)
 
     def watch(self, on_empty: Callable[[], None]) -> None:
         def wait_then_tell() -> None:
-            self._tree.wait_empty(None)
-            self._tree.reap()  # orphans reparented to us (we are a subreaper now)
+            # "Empty" is only as good as the scan that said so: a member that
+            # became visible just after it (seen here: the orphans of a
+            # leader that exits at once) is found by the next.  The leader is
+            # kept unreaped meanwhile, so its session id stays ours to trust.
+            while True:
+                self._tree.wait_empty(None)
+                self._tree.reap()  # orphans reparented to us (we are a subreaper now)
+                if not self._tree.pids():
+                    break
             on_empty()
 
         self._thread = threading.Thread(target=wait_then_tell, name=f"syncmon-tree-{self._tree.root_pid}",
@@ -249,6 +267,7 @@ class _ProcMembers:
 
     def close(self) -> None:
         self._tree.close()
+        self._reap_root()  # only now: the session id is no longer needed
 
 
 # -- starting a tree ---------------------------------------------------------------------
@@ -276,19 +295,37 @@ def _spawn_in_cgroup(monitor: Monitor, request: SpawnOptions, command: Sequence[
 
 
 def _spawn_in_session(monitor: Monitor, request: SpawnOptions, command: Sequence[Any]) -> ChildHandle:
+    """The fallback: the child leads a session of its own, and stays unreaped
+    until its tree is empty.
+
+    Its children are reparented to us the moment it exits, so from then on
+    only the session id ties them to the tree, and that id is only safe to
+    trust while the leader's pid cannot be reused: while it is our zombie.
+    So its watch only looks (``WNOWAIT``, as for ``syncmon.Popen``), and the
+    tree reaps it once the members are gone; ``wait()`` on its handle still
+    returns at its death.
+    """
     if request.process_group is not None:
         raise ValueError("tree=True without cgroups puts the child in a session of its own: "
                          "process_group cannot be given")
+    leader = dataclasses.replace(request, start_new_session=True)
+    lock = threading.Lock()
     # Subreaper first: an orphan made before the tree exists must come to us.
     _proctree.subreaper.hold()
     try:
-        handle = monitor.spawn_parsed(dataclasses.replace(request, start_new_session=True), command)
+        watch = monitor.start_watched(
+            lambda engine: spawn_process(leader, child_signal_mask(engine.reactor.sigchld_blocked_by_user)), lock)
+        handle = handle_of(watch, command)
+
+        def reap_leader() -> None:
+            with lock:
+                watch.reap(0)
+
         members: _Members
         try:
-            members = _ProcMembers(handle.pid)
+            members = _ProcMembers(handle.pid, reap_leader)
         except ChildProcessError:
-            # Dead and reaped already (within microseconds of its birth): what
-            # it started before, if anything, is not known to this mechanism.
+            # Lost at birth (a foreign reaper took it): nothing is known of its tree.
             members = _NoMembers()
     finally:
         _proctree.subreaper.release()
