@@ -159,6 +159,7 @@ class ForkServer:
         if missing is not None:
             raise OSError(f"syncmon.ForkServer needs clone3 (Linux 5.5+): {missing}")
         self._preload = [str(name) for name in preload]
+        self._owner = os.getpid()  # the process whose children the server makes
         self._monitor = monitor if monitor is not None else default_monitor()
         # _lock guards _server/_socket and orders the messages of one request.
         self._lock = threading.Lock()
@@ -318,6 +319,10 @@ class ForkServer:
                 raise
 
     def _request(self, request: _Request, paths: dict[str, str]) -> ChildHandle:
+        if os.getpid() != self._owner:
+            # The server's children are its parent's children: made for a fork
+            # child of ours, they would be our parent's, watched by nobody.
+            raise RuntimeError("this ForkServer was made before fork(); make a new one in the child")
         with self._send(request) as channel:
             return _Reply(self._monitor).collect(channel, paths)
 

@@ -626,3 +626,19 @@ def test_exact_statuses_under_pid_reuse_in_a_pid_namespace():
     assert done.returncode == 0, done.stderr
     word, children, distinct = done.stdout.split()
     assert word == "ok" and int(children) == 200 and int(distinct) <= 20
+
+
+def test_a_fork_child_cannot_use_the_parents_server(server):
+    """Its children would be our parent's (CLONE_PARENT), watched by nobody."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            server.spawn(["true"])
+        except RuntimeError:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+        os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert server.spawn(["true"]).wait(timeout=HANG).returncode == 0
