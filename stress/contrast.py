@@ -33,6 +33,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Any
 
 from stress.subjects import DEATHS, Fate, Outcome, Waitable
 
@@ -124,8 +125,8 @@ class PAllReaper:
         self._spawned = threading.Event()
         threading.Thread(target=self._reap_forever, name="p-all-reaper", daemon=True).start()
 
-    def spawn(self, argv: Sequence[str]) -> ContrastHandle:
-        popen = subprocess.Popen(argv)
+    def spawn(self, argv: Sequence[str], **popen_options: Any) -> ContrastHandle:
+        popen = subprocess.Popen(argv, **popen_options)
         self._spawned.set()
         handle = ContrastHandle(self, popen)
         with self.cond:

@@ -101,6 +101,7 @@ def table(config: Config, environment: Environment, runs: list[SubjectRun]) -> s
     lines += [f"  {name:<19} {SCENARIOS[name].summary}" for name in config.scenarios]
     lines.append("")
     lines += _resources(runs)
+    lines += _trees(runs)
     lines += _verdicts(environment, runs)
     lines += _notes(config, runs)
     return "\n".join(lines)
@@ -151,6 +152,19 @@ def _notes(config: Config, runs: list[SubjectRun]) -> list[str]:
 
 def _grown(resources: dict[str, Any]) -> str:
     return ", ".join(name for name, m in resources["measures"].items() if not m["flat"])
+
+
+def _trees(runs: list[SubjectRun]) -> list[str]:
+    """Scenario ``trees``: how many trees, members and bystanders, and what the members' pids became."""
+    lines = [
+        f"{run.subject}/{scenario} ({tally['tree_mechanism']}): {tally['trees']} trees, {tally['members']} members,"
+        f" {tally['bystanders']} bystanders ({tally['bystander_reuses']} born on a pid a tree process had),"
+        f" members left alive {tally['members_left']}, signals to bystanders {tally['wrong_signals']}"
+        for run in runs
+        for scenario, tally in run.scenarios.items()
+        if tally.get("trees")
+    ]
+    return [*lines, ""] if lines else []
 
 
 def _resources(runs: list[SubjectRun]) -> list[str]:

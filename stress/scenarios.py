@@ -32,7 +32,8 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stress.config import Config
+from stress import trees
+from stress.config import RESERVED_PIDS, Config
 from stress.subjects import (
     CONTINUED,
     STOPPED,
@@ -55,6 +56,7 @@ ERROR_KEYS = (
     "hung_waits",
     "zombies",
     "children_left",
+    "members_left",
     "fds_left",
     "exceptions",
 )
@@ -82,6 +84,14 @@ class Tally:
     children_left: int = 0
     fds_left: int = 0
     exceptions: int = 0
+    members_left: int = 0
+    """Tree members (pid and start time) still alive once their tree's wait returned."""
+    trees: int = 0
+    members: int = 0
+    bystanders: int = 0
+    bystander_reuses: int = 0
+    """Bystanders born with a pid that a tree's root or member had earlier in the run."""
+    tree_mechanism: str = ""
     eagain: int = 0
     """Spawns refused for want of a free pid and retried (load, not a failure)."""
     seconds: float = 0.0
@@ -107,6 +117,8 @@ class Run:
     def __init__(self, subject: Subject, config: Config) -> None:
         self.subject = subject
         self.bound = config.wait_bound
+        self.pid_max = config.pid_max
+        self.reserved_pids = RESERVED_PIDS
         self.tally = Tally()
         self._max_children = config.max_children
         self._deadline = time.monotonic() + config.seconds
@@ -117,27 +129,27 @@ class Run:
         return time.monotonic() < self._deadline and self.tally.children < self._max_children
 
     def spawn(self, argv: Sequence[str]) -> Handle:
-        handle = self._retrying(lambda: self.subject.spawn(argv))
-        self._record(handle.pid)
+        handle = self.retrying(lambda: self.subject.spawn(argv))
+        self.record(handle.pid)
         return handle
 
     def popen(self, argv: Sequence[str]) -> Waitable:
-        popen = self._retrying(lambda: self.subject.popen(argv))
-        self._record(popen.pid)
+        popen = self.retrying(lambda: self.subject.popen(argv))
+        self.record(popen.pid)
         return popen
 
     def start(self, starter: Callable[[], Handle]) -> Handle:
         """A child started some other way (``ForkServer``), counted like the subject's."""
-        handle = self._retrying(starter)
-        self._record(handle.pid)
+        handle = self.retrying(starter)
+        self.record(handle.pid)
         return handle
 
     def plain_popen(self, argv: Sequence[str]) -> Waitable:
-        popen: Waitable = self._retrying(lambda: subprocess.Popen(argv))
-        self._record(popen.pid)
+        popen: Waitable = self.retrying(lambda: subprocess.Popen(argv))
+        self.record(popen.pid)
         return popen
 
-    def _retrying(self, start: Callable[[], T]) -> T:
+    def retrying(self, start: Callable[[], T]) -> T:
         """Start a child, waiting out EAGAIN.
 
         With a pid range this small, a burst of live children can take every
@@ -155,7 +167,7 @@ class Run:
                     self.tally.eagain += 1
                 time.sleep(0.002)
 
-    def _record(self, pid: int) -> None:
+    def record(self, pid: int) -> None:
         with self._lock:
             self.tally.children += 1
             if pid in self._seen:
@@ -174,23 +186,23 @@ class Run:
         if fate in allowed and (got is None or got.pid == pid):
             return True
         if got is None:
-            self._count("hung_waits", f"{what}: pid {pid} not reported within {self.bound}s")
+            self.count("hung_waits", f"{what}: pid {pid} not reported within {self.bound}s")
         else:
             key = "wrong_signals" if got.fate == killed(PROBE) else "misattributed"
             want = " or ".join(sorted(fate.describe() if fate else "nothing to report" for fate in allowed))
             reported = f"reported pid {got.pid} {got.fate.describe()}"
-            self._count(key, f"{what}: pid {pid} should have {want}; {reported}")
+            self.count(key, f"{what}: pid {pid} should have {want}; {reported}")
         return False
 
     def fail(self, error: BaseException) -> None:
-        self._count("exceptions", f"{type(error).__name__}: {error}")
+        self.count("exceptions", f"{type(error).__name__}: {error}")
 
     def note(self, text: str) -> None:
         with self._lock:
             if len(self.tally.notes) < MAX_NOTES:
                 self.tally.notes.append(text)
 
-    def _count(self, key: str, text: str) -> None:
+    def count(self, key: str, text: str) -> None:
         with self._lock:
             setattr(self.tally, key, getattr(self.tally, key) + 1)
         self.note(text)
@@ -508,6 +520,12 @@ SCENARIOS: dict[str, Scenario] = {
             "late",
             "the subject's Popen next to plain subprocess.Popen",
             needs_popen=True,
+        ),
+        Scenario(
+            "trees",
+            trees.trees,
+            "late",
+            "process trees (orphans, setsid, double forks) killed or ending, beside bystanders taking freed pids",
         ),
         Scenario(
             "soak",

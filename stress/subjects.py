@@ -166,6 +166,11 @@ class SyncmonSubject:
         read as a leak of that scenario.
         """
         self.spawn(["true"]).wait(timeout=30)
+        # The first tree starts the monitor's fork server (a child and a socket for
+        # the monitor's lifetime), which would otherwise read as a scenario's leftovers.
+        tree = self._monitor.spawn(["true"], tree=True).tree
+        assert tree is not None
+        tree.wait(timeout=30)
         if self.popen_missing is None:
             self.popen(["true"]).wait(timeout=30)
 
