@@ -15,6 +15,7 @@ from .state import CLD, ChildState, ReapedElsewhere, UncleanExit, W
 from .watch import InheritedAcrossFork
 from .pool import CommandPool
 from .popen import Popen
+from .process_pool import ProcessPoolExecutor, WorkerDied
 from .tree import ProcessTree, TreeUsage
 
 __all__ = [
@@ -26,12 +27,14 @@ __all__ = [
     "InheritedAcrossFork",
     "Monitor",
     "Popen",
+    "ProcessPoolExecutor",
     "ProcessTree",
     "ReapedElsewhere",
     "SpawnOptions",
     "TreeUsage",
     "UncleanExit",
     "W",
+    "WorkerDied",
     "adopt",
     "default_monitor",
     "spawn",

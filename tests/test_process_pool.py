@@ -1,0 +1,384 @@
+"""syncmon.ProcessPoolExecutor with real worker processes: deaths fail exactly one task."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import os
+import pickle
+import signal
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import syncmon
+from syncmon import CLD, ProcessPoolExecutor, WorkerDied
+
+from helpers import eventually
+
+
+# --- functions the workers run (module level: they travel by reference) -----------
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def pid_of_worker() -> int:
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def wait_for_file(path: str) -> int:
+    """Tell the test we are running (our pid in ``path``), then sleep until killed."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(120)
+    return -1
+
+
+def exit_3() -> None:
+    os._exit(3)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def raise_value_error(text: str) -> None:
+    raise ValueError(text)
+
+
+def unpicklable_result() -> object:
+    return threading.Lock()
+
+
+def big_result(size: int) -> bytes:
+    return b"x" * size
+
+
+def fork_grandchildren_then_die(path: str, n: int) -> None:
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        pids.append(pid)
+    with open(path, "w") as f:
+        f.write(" ".join(map(str, pids)))
+    os._exit(5)
+
+
+def fail_initializer() -> None:
+    raise RuntimeError("initializer says no")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+@pytest.fixture
+def mon(no_leaks):
+    with syncmon.Monitor() as m:
+        yield m
+
+
+def running_pid(path: str, timeout: float = 30) -> int:
+    assert eventually(lambda: os.path.exists(path), timeout=timeout)
+    with open(path) as f:
+        return int(f.read())
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# --- deaths -----------------------------------------------------------------------
+
+DEATHS = {
+    "sigkill": (lambda pid: os.kill(pid, signal.SIGKILL), CLD.KILLED, signal.SIGKILL),
+    "exit3": (None, CLD.EXITED, 3),
+    "segfault": (None, None, signal.SIGSEGV),
+}
+
+
+@pytest.mark.parametrize("how", sorted(DEATHS))
+def test_a_death_in_a_task_fails_only_that_task(mon, tmp_path, how):
+    killer, code, status = DEATHS[how]
+    with ProcessPoolExecutor(2, monitor=mon) as pool:
+        if killer is not None:
+            path = str(tmp_path / "pid")
+            doomed = pool.submit(wait_for_file, path)
+            pid = running_pid(path)
+        else:
+            doomed = pool.submit(exit_3 if how == "exit3" else segfault)
+            pid = None
+        others = [pool.submit(double, n) for n in range(200)]
+        if killer is not None:
+            killer(pid)
+        with pytest.raises(WorkerDied) as caught:
+            doomed.result(timeout=30)
+        assert [f.result(timeout=60) for f in others] == [2 * n for n in range(200)]
+        error = caught.value
+        assert isinstance(error, BrokenProcessPool)
+        if pid is not None:
+            assert error.pid == pid
+        assert error.state.pid == error.pid and error.state.status == status
+        if code is not None:
+            assert error.state.code is code
+        else:  # a segfault dumps core or not, as the machine's core limit says
+            assert error.state.code in (CLD.KILLED, CLD.DUMPED)
+        assert pool.submit(double, 4).result(timeout=30) == 8
+
+
+def test_an_idle_worker_killed_is_replaced_and_nothing_fails(mon, caplog):
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        pid = pool.submit(pid_of_worker).result(timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: "idle worker" in caplog.text, timeout=30)
+        futures = [pool.submit(pid_of_worker) for _ in range(50)]
+        pids = {f.result(timeout=30) for f in futures}
+        assert pid not in pids and len(pids) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_thousand_tasks_complete_around_deaths(mon):
+    with ProcessPoolExecutor(2, monitor=mon) as pool:
+        futures = []
+        doomed = []
+        for n in range(1000):
+            if n % 250 == 125:
+                doomed.append(pool.submit(exit_3))
+            futures.append(pool.submit(double, n))
+        assert [f.result(timeout=100) for f in futures] == [2 * n for n in range(1000)]
+        for f in doomed:
+            assert f.exception(timeout=30).state.status == 3
+
+
+def test_readme_example_kill_a_worker_mid_task(mon, tmp_path):
+    path = str(tmp_path / "pid")
+    with ProcessPoolExecutor(max_workers=2, monitor=mon) as pool:
+        victim = pool.submit(wait_for_file, path)
+        rest = [pool.submit(double, n) for n in range(20)]
+        pid = running_pid(path)
+        os.kill(pid, signal.SIGKILL)            # as the OOM killer would
+        try:
+            victim.result(timeout=30)
+        except syncmon.WorkerDied as e:
+            assert (e.pid, e.state.code, e.state.status) == (pid, CLD.KILLED, signal.SIGKILL)
+            assert str(e) == f"the worker (pid {pid}) running this task died: killed by SIGKILL"
+        else:
+            pytest.fail("the killed task did not fail")
+        assert [f.result(timeout=30) for f in rest] == [2 * n for n in range(20)]
+
+
+# --- kill, timeouts, trees -----------------------------------------------------------
+
+def test_kill_fails_that_task_with_worker_died(mon, tmp_path):
+    path = str(tmp_path / "pid")
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        victim = pool.submit(wait_for_file, path)
+        queued = pool.submit(double, 5)
+        assert pool.kill(queued) is False  # not running yet
+        pid = running_pid(path)
+        assert pool.kill(victim) is True
+        error = victim.exception(timeout=30)
+        assert isinstance(error, WorkerDied) and error.pid == pid
+        assert error.state.code is CLD.KILLED and error.state.status == signal.SIGKILL
+        assert queued.result(timeout=30) == 10
+        assert pool.kill(victim) is False
+
+
+def test_task_timeout_kills_the_worker_and_the_pool_carries_on(mon):
+    with ProcessPoolExecutor(1, monitor=mon, task_timeout=0.5) as pool:
+        slow = pool.submit(sleep_then, 60, "late")
+        fast = pool.submit(double, 21)
+        with pytest.raises(TimeoutError, match="task_timeout"):
+            slow.result(timeout=30)
+        assert fast.result(timeout=30) == 42
+
+
+def test_task_timeout_kills_the_grandchildren_too(mon, tmp_path):
+    path = str(tmp_path / "pids")
+    with ProcessPoolExecutor(1, monitor=mon, task_timeout=2) as pool:
+        f = pool.submit(forking_sleeper, path)
+        with pytest.raises(TimeoutError):
+            f.result(timeout=30)
+        pids = [int(p) for p in open(path).read().split()]
+        assert eventually(lambda: not any(alive(p) for p in pids), timeout=30)
+
+
+def forking_sleeper(path: str) -> None:
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        pids.append(pid)
+    with open(path, "w") as f:
+        f.write(" ".join(map(str, pids)))
+    time.sleep(120)
+
+
+def test_a_worker_that_forks_grandchildren_and_dies(mon, tmp_path):
+    path = str(tmp_path / "pids")
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        f = pool.submit(fork_grandchildren_then_die, path, 3)
+        error = f.exception(timeout=30)
+        assert isinstance(error, WorkerDied) and error.state.status == 5
+        pids = [int(p) for p in open(path).read().split()]
+        assert pool.submit(double, 1).result(timeout=30) == 2
+    if syncmon.process_pool._cgroup.available() is True:
+        # Born in the worker's cgroup: killed with the worker's tree.
+        assert eventually(lambda: not any(alive(p) for p in pids), timeout=30)
+    else:  # without cgroups, orphans of a dead worker are out of reach (documented)
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_max_tasks_per_child_replaces_workers_and_loses_nothing(mon):
+    with ProcessPoolExecutor(2, monitor=mon, max_tasks_per_child=3) as pool:
+        pids = [f.result(timeout=30) for f in [pool.submit(pid_of_worker) for _ in range(30)]]
+    assert len(pids) == 30
+    assert all(pids.count(p) <= 3 for p in set(pids))
+    assert len(set(pids)) >= 10
+
+
+# --- results, errors, pickling ---------------------------------------------------------
+
+def test_an_exception_comes_back_with_the_remote_traceback(mon):
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        error = pool.submit(raise_value_error, "boom").exception(timeout=30)
+    assert type(error) is ValueError and str(error) == "boom"
+    assert "raise_value_error" in str(error.__cause__) and "Traceback" in str(error.__cause__)
+
+
+def test_a_ten_megabyte_result(mon):
+    with ProcessPoolExecutor(2, monitor=mon) as pool:
+        results = [pool.submit(big_result, 10 << 20) for _ in range(3)]
+        assert all(f.result(timeout=60) == b"x" * (10 << 20) for f in results)
+
+
+def test_unpicklable_argument_and_result_fail_only_their_task(mon):
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        bad_arg = pool.submit(double, threading.Lock())
+        bad_result = pool.submit(unpicklable_result)
+        fine = pool.submit(double, 3)
+        with pytest.raises(TypeError):
+            bad_arg.result(timeout=30)
+        with pytest.raises(TypeError, match="pickle"):
+            bad_result.result(timeout=30)
+        assert fine.result(timeout=30) == 6
+
+
+def test_an_initializer_that_always_fails_breaks_the_pool_without_a_fork_loop(mon, caplog):
+    pool = ProcessPoolExecutor(1, monitor=mon, initializer=fail_initializer)
+    try:
+        futures = [pool.submit(double, n) for n in range(5)]
+        for f in futures:
+            with pytest.raises(BrokenProcessPool, match="initializer says no"):
+                f.result(timeout=30)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(double, 1)
+    finally:
+        pool.shutdown()
+    assert caplog.text.count("failed to start") == syncmon.process_pool.MAX_STARTUP_FAILURES
+
+
+def set_global(value: int) -> None:
+    global GLOBAL
+    GLOBAL = value
+
+
+GLOBAL = 0
+
+
+def read_global() -> int:
+    return GLOBAL
+
+
+def test_initializer_runs_in_every_worker(mon):
+    with ProcessPoolExecutor(2, monitor=mon, initializer=set_global, initargs=(7,),
+                             max_tasks_per_child=1) as pool:
+        assert [f.result(timeout=30) for f in [pool.submit(read_global) for _ in range(4)]] == [7] * 4
+
+
+# --- map, shutdown -------------------------------------------------------------------
+
+def test_map_with_chunksize_and_timeout(mon):
+    with ProcessPoolExecutor(2, monitor=mon) as pool:
+        assert list(pool.map(double, range(100), chunksize=7)) == [2 * n for n in range(100)]
+        assert list(pool.map(pow, [2, 3], [5, 2])) == [32, 9]
+        results = pool.map(sleep_then, [0, 30], ["a", "b"], timeout=1)
+        assert next(results) == "a"
+        with pytest.raises(concurrent.futures.TimeoutError):
+            next(results)
+        with pytest.raises(ValueError):
+            pool.map(double, [1], chunksize=0)
+        pool.shutdown(cancel_futures=True)
+
+
+def test_shutdown_runs_queued_tasks(mon):
+    pool = ProcessPoolExecutor(1, monitor=mon)
+    futures = [pool.submit(sleep_then, 0.01, n) for n in range(10)]
+    pool.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == list(range(10))
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(double, 1)
+
+
+def test_shutdown_cancel_futures(mon):
+    pool = ProcessPoolExecutor(1, monitor=mon)
+    first = pool.submit(sleep_then, 0.5, "first")
+    assert eventually(first.running, timeout=30)
+    rest = [pool.submit(double, n) for n in range(10)]
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=0) == "first"
+    assert all(f.cancelled() for f in rest)
+
+
+def test_shutdown_without_wait_leaves_nothing_behind(mon):
+    pool = ProcessPoolExecutor(2, monitor=mon)
+    futures = [pool.submit(sleep_then, 0.1, n) for n in range(4)]
+    pids = [pool._pool.server.pid]
+    pool.shutdown(wait=False)
+    assert [f.result(timeout=30) for f in futures] == list(range(4))
+    pool._pool.thread.join(timeout=30)
+    assert not pool._pool.thread.is_alive()
+    assert not any(alive(p) for p in pids if p is not None)
+
+
+def test_interpreter_exit_leaves_no_worker_and_no_server():
+    from helpers import run_code
+
+    out = run_code(
+        "import os, syncmon, time\n"
+        "pool = syncmon.ProcessPoolExecutor(2)\n"
+        "worker = pool.submit(os.getpid).result(timeout=30)\n"
+        "pool.submit(time.sleep, 0.2)\n"
+        "print(pool._pool.server.pid, worker)\n"
+    )
+    pids = list(map(int, out.split()))
+    assert eventually(lambda: not any(alive(p) for p in pids), timeout=30)
+
+
+def test_constructor_checks(mon):
+    with pytest.raises(ValueError):
+        ProcessPoolExecutor(0, monitor=mon)
+    with pytest.raises(ValueError):
+        ProcessPoolExecutor(1, monitor=mon, max_tasks_per_child=0)
+    with pytest.raises(TypeError):
+        ProcessPoolExecutor(1, monitor=mon, initializer=3)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, pickle.PicklingError, AttributeError)):
+        ProcessPoolExecutor(1, monitor=mon, initializer=print, initargs=(threading.Lock(),))
