@@ -416,8 +416,11 @@ class Cgroup:
                 raise ValueError(f"{self!r} is closed")
             try:
                 self._last_stats = self._stats_locked()
-            except FileNotFoundError:
-                pass  # removed behind our back: nothing to keep
+            except OSError:
+                # Removed behind our back (ENOENT), or no descriptor to read
+                # them with (EMFILE): the statistics are lost, the removal
+                # must still happen, or the cgroup outlives us.
+                pass
             _rmdir_tree(self.path)
             self.removed = True
 
@@ -501,19 +504,43 @@ def _procs(path: str) -> list[int]:
 
 
 def _rmdir_tree(path: str) -> None:
-    """Remove path and its (empty) sub-cgroups bottom-up, retrying EBUSY briefly."""
-    for directory, _subdirs, _files in os.walk(path, topdown=False):
-        deadline = time.monotonic() + REMOVE_RETRY
-        while True:
-            try:
-                os.rmdir(directory)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as e:
-                if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+    """Remove path and its (empty) sub-cgroups bottom-up, retrying EBUSY briefly.
+
+    A cgroup without sub-cgroups (the usual case) is removed with one
+    ``rmdir``, which needs no descriptor: at EMFILE a tree that failed to
+    start must still be able to clean up.  Listing sub-cgroups needs one, and
+    a listing that fails raises (``os.walk`` would skip it silently).
+    """
+    try:
+        os.rmdir(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EBUSY):
+            raise
+    # Sub-cgroups (EBUSY), or members still finishing their exits: bottom-up, retrying.
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for directory, _subdirs, _files in os.walk(path, topdown=False, onerror=fail):
+        try:
+            _rmdir_retrying(directory)
+        except FileNotFoundError:
+            pass
+
+
+def _rmdir_retrying(directory: str) -> None:
+    deadline = time.monotonic() + REMOVE_RETRY
+    while True:
+        try:
+            os.rmdir(directory)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _in_cgroup(pid: int, cgroup_path: str) -> bool:

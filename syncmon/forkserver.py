@@ -371,13 +371,16 @@ class _Reply:
             wire.close_all(fds)
             self.failure = message
             return
-        (pidfd,) = fds
+        # At EMFILE the kernel drops the pidfd from the message (MSG_CTRUNC):
+        # the child is still our unreaped child, so its pid is still its own,
+        # and it is adopted by pid (watched through SIGCHLD if no pidfd can be had).
+        pidfd = fds[0] if fds else None  # recv_message takes one at most
         if self.handle is not None:  # the second report of the same child
-            os.close(pidfd)
-        elif self._monitor.pidfd:
+            wire.close_all(fds[:1])
+        elif self._monitor.pidfd and pidfd is not None:
             self.handle = self._monitor.adopt(message[1], pidfd=pidfd)
         else:
-            os.close(pidfd)
+            wire.close_all(fds[:1])
             self.handle = self._monitor.adopt(message[1])
 
     def _outcome(self, paths: dict[str, str]) -> ChildHandle:

@@ -38,6 +38,7 @@ from . import _cgroup, _proctree
 from .child import ChildHandle, deadline_of
 from .futures import CallbackRunner, OwnedFuture
 from .launch import SpawnOptions, child_signal_mask, spawn_process
+from .pidfd import TRANSIENT_ERRNOS
 from .state import ChildState
 
 from .monitor import Monitor, handle_of
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 
 #: The trees' futures run their done-callbacks here (never on the monitor thread).
 _CALLBACKS = CallbackRunner()
+
+#: How long the fallback waits before it scans again after EMFILE and its kind.
+_TRANSIENT_BACKOFF = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,16 +258,30 @@ class _ProcMembers:
             # became visible just after it (seen here: the orphans of a
             # leader that exits at once) is found by the next.  The leader is
             # kept unreaped meanwhile, so its session id stays ours to trust.
-            while True:
-                self._tree.wait_empty(None)
-                self._tree.reap()  # orphans reparented to us (we are a subreaper now)
-                if not self._tree.pids():
-                    break
+            while not self._looked_empty():
+                pass
             on_empty()
 
         self._thread = threading.Thread(target=wait_then_tell, name=f"syncmon-tree-{self._tree.root_pid}",
                                         daemon=True)
         self._thread.start()
+
+    def _looked_empty(self) -> bool:
+        """One wait for the members to be gone; False if it must be tried again.
+
+        A scan reads ``/proc`` and opens pidfds: at EMFILE it fails, and the
+        tree must still end once descriptors are back, so a transient error
+        is waited out (the one place this mechanism sleeps, and only then).
+        """
+        try:
+            self._tree.wait_empty(None)
+            self._tree.reap()  # orphans reparented to us (we are a subreaper now)
+            return not self._tree.pids()
+        except OSError as error:
+            if error.errno not in TRANSIENT_ERRNOS:
+                raise
+            time.sleep(_TRANSIENT_BACKOFF)
+            return False
 
     def close(self) -> None:
         self._tree.close()
@@ -290,7 +308,19 @@ def _spawn_in_cgroup(monitor: Monitor, request: SpawnOptions, command: Sequence[
         raise
     handle.command = list(command)
     members.roots = frozenset({handle.pid})
-    handle.tree = ProcessTree(handle, members)
+    return _with_tree(handle, members)
+
+
+def _with_tree(handle: ChildHandle, members: _Members) -> ChildHandle:
+    """Give ``handle`` its tree.  If that fails (EMFILE for the events descriptor's
+    epoll entry, EAGAIN for the fallback's thread), the members are killed and
+    everything the tree held is released before the error propagates."""
+    try:
+        handle.tree = ProcessTree(handle, members)
+    except BaseException:
+        members.kill(signal.SIGKILL)
+        members.close()
+        raise
     return handle
 
 
@@ -327,10 +357,13 @@ def _spawn_in_session(monitor: Monitor, request: SpawnOptions, command: Sequence
         except ChildProcessError:
             # Lost at birth (a foreign reaper took it): nothing is known of its tree.
             members = _NoMembers()
+        except BaseException:  # EMFILE for its pidfd, say: nobody would ever reap the leader
+            handle.kill()
+            reap_leader()
+            raise
     finally:
         _proctree.subreaper.release()
-    handle.tree = ProcessTree(handle, members)
-    return handle
+    return _with_tree(handle, members)
 
 
 class _NoMembers:

@@ -631,3 +631,31 @@ def test_bad_input(mon, mechanism):
     with pytest.raises(FileNotFoundError):
         mon.spawn(["no-such-program-syncmon"], tree=True)
     assert our_cgroups() == []
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_each_descriptor_step_of_a_tree_failing_leaves_nothing(mon, mechanism):
+    """RLIMIT_NOFILE lets k descriptors more be opened, for k = 0..12: starting a tree
+    gives a clear OSError or a working tree, and either way no member, no zombie, no
+    cgroup and no descriptor is left once it is killed (the autouse checks)."""
+    from faults import free_fds
+
+    mon.spawn(["true"], tree=True).tree.wait(timeout=HANG)  # the fork server exists first
+    outcomes = []
+    for k in range(13):
+        with free_fds(k):
+            try:
+                h = mon.spawn(sh("sleep 100 & sleep 100"), tree=True)
+            except OSError as error:
+                outcomes.append((k, error.errno))
+                continue
+        try:
+            outcomes.append((k, "tree"))
+            h.tree.kill()
+            assert h.tree.wait(timeout=HANG).returncode == -signal.SIGKILL
+        finally:
+            h.tree.kill()
+    assert outcomes[-1] == (12, "tree"), outcomes  # with descriptors to spare, it works
+    assert eventually(lambda: our_cgroups() == []), our_cgroups()
