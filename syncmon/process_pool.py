@@ -58,6 +58,8 @@ MAX_STARTUP_FAILURES = 3
 #: How long shutdown waits for a worker to exit after its connection closed.
 EXIT_GRACE_SECONDS = 5.0
 _READ_CHUNK = 1 << 20
+#: After a worker could not be forked, when the I/O thread tries again.
+_RETRY_SECONDS = 0.1
 
 
 class WorkerDied(BrokenProcessPool):
@@ -153,6 +155,7 @@ class _Pool:
         self.ended: list[_Worker] = []  # dead, their trees maybe still settling
         self.deaths: collections.deque[_Worker] = collections.deque()
         self.startup_failures = 0
+        self.start_failed = False  # the last fork failed: retry after _RETRY_SECONDS
         self.address = b"\0syncmon-pool-" + secrets.token_hex(16).encode()
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -242,6 +245,8 @@ class _Pool:
         with self._lock:
             deadlines = [w.task.deadline for w in self.workers.values()
                          if w.task is not None and w.task.deadline is not None]
+        if self.start_failed:
+            deadlines.append(time.monotonic() + _RETRY_SECONDS)  # try again soon, not never
         return None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
 
     def _on_ready(self, sock: socket.socket, events: int) -> None:
@@ -461,7 +466,9 @@ class _Pool:
         token = secrets.token_bytes(wire.TOKEN_SIZE)
         try:
             handle = self._fork(token)
+            self.start_failed = False
         except Exception as error:
+            self.start_failed = True
             _logger.warning("syncmon.ProcessPoolExecutor: cannot start a worker: %r", error)
             self.startup_failures += 1
             if self.startup_failures >= MAX_STARTUP_FAILURES:
