@@ -11,7 +11,7 @@ from .child import ChildHandle
 from .forkserver import ForkServer
 from .launch import SpawnOptions
 from .monitor import Monitor, adopt, default_monitor, spawn
-from .state import CLD, ChildState, ReapedElsewhere, UncleanExit, W
+from .state import CLD, ChildState, ReapedElsewhere, ResourceUsage, UncleanExit, W
 from .watch import InheritedAcrossFork
 from .pool import CommandPool
 from .popen import Popen
@@ -30,6 +30,7 @@ __all__ = [
     "ProcessPoolExecutor",
     "ProcessTree",
     "ReapedElsewhere",
+    "ResourceUsage",
     "SpawnOptions",
     "TreeUsage",
     "UncleanExit",

@@ -15,6 +15,8 @@ cffi's ABI mode, so that installing syncmon needs no C compiler:
   inheritable, as ``subprocess`` does with ``close_fds=True``);
 * ``ioctl(PIDFD_GET_INFO)``, which since Linux 6.15 tells the exit status of a
   process that somebody else already reaped.
+* ``siginfo_t`` and ``struct rusage`` for the raw ``waitid`` system call,
+  whose usage argument ``os.waitid`` drops (syncmon/_waitid.py).
 
 The structure layouts below are glibc's public ones for LP64 Linux (x86-64,
 aarch64); syncmon supports nothing else.
@@ -113,6 +115,22 @@ ffi.cdef(
     long syscall(long number, ...);
     void *pthread_self(void);
 
+    struct timeval { long tv_sec; long tv_usec; };
+    struct rusage {
+        struct timeval ru_utime;
+        struct timeval ru_stime;
+        long ru_maxrss, ru_ixrss, ru_idrss, ru_isrss, ru_minflt, ru_majflt, ru_nswap,
+             ru_inblock, ru_oublock, ru_msgsnd, ru_msgrcv, ru_nsignals, ru_nvcsw, ru_nivcsw;
+    };
+    /* The SIGCHLD member of glibc's 128-byte siginfo_t, flattened: the union
+       starts at 16 on LP64, its pid, uid and status come first. */
+    typedef struct {
+        int si_signo, si_errno, si_code, __pad0;
+        int si_pid;
+        unsigned int si_uid;
+        int si_status;
+        int __pad1[25];
+    } siginfo_t;
     """
 )
 lib = ffi.dlopen(None)

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import Any, Sequence, cast
+from typing import Any, Protocol, Sequence, cast
 
 from .signalfd import children_autoreaped
 
@@ -42,22 +42,59 @@ _STOPS = frozenset({CLD.STOPPED, CLD.TRAPPED})
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What a dead child used, as the kernel reported it with the death itself.
+
+    ``user_seconds`` and ``system_seconds`` are CPU time in user mode and in
+    the kernel; ``max_rss_bytes`` is the peak resident set size.  As with
+    ``wait4``, the kernel counts the child together with the descendants that
+    it reaped itself (a maximum for the RSS, not a sum); descendants still
+    running, or reaped by somebody else, are not in it.
+    """
+
+    user_seconds: float
+    system_seconds: float
+    max_rss_bytes: int
+
+
+class Siginfo(Protocol):
+    """The fields of a SIGCHLD ``siginfo_t`` that a state is made of
+    (``os.waitid_result`` has them, and so does syncmon's raw ``waitid``)."""
+
+    @property
+    def si_pid(self) -> int: ...
+    @property
+    def si_uid(self) -> int: ...
+    @property
+    def si_code(self) -> int: ...
+    @property
+    def si_status(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
 class ChildState:
     """One state change of a child, as ``waitid`` reports it.
 
     ``uid`` is the child's real user id, or ``None`` when the state was
     recovered after somebody else reaped the child: the kernel keeps the
     exit status then, but not the credentials, and syncmon does not guess.
+    ``rusage`` is the child's resource use, for a death read by the same
+    ``waitid`` that reported it; ``None`` for a stop or a continue, and for a
+    death recovered after a foreign reap (the kernel keeps no usage then).
     """
 
     pid: int
     uid: int | None
     code: CLD
     status: int
+    rusage: ResourceUsage | None = None
 
     @classmethod
-    def from_siginfo(cls, info: os.waitid_result) -> ChildState:
-        return cls(info.si_pid, info.si_uid, CLD(info.si_code), info.si_status)
+    def from_siginfo(cls, info: Siginfo, rusage: ResourceUsage | None = None) -> ChildState:
+        """The state ``info`` describes; ``rusage`` is kept only if it is a death
+        (the kernel fills it for stops too, with the usage so far)."""
+        code = CLD(info.si_code)
+        return cls(info.si_pid, info.si_uid, code, info.si_status, rusage if code in _DEATHS else None)
 
     @classmethod
     def from_wait_status(cls, pid: int, status: int) -> ChildState:

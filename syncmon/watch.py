@@ -29,6 +29,7 @@ import time
 from typing import Callable, Iterator, Union, cast
 
 from . import pidfd as pidfds
+from ._waitid import waitid as raw_waitid
 from .engine import Engine
 from .futures import DeathFuture
 from .state import ChildState, ReapedElsewhere
@@ -149,17 +150,23 @@ class Watch:
     def _waitid(self, flags: int) -> ChildState | None:
         """One non-blocking ``waitid`` on this child alone.  Call with the lock held."""
         try:
-            if self._pidfd is not None:
-                info = os.waitid(os.P_PIDFD, self._pidfd, flags | NOHANG)
-            else:
-                info = os.waitid(os.P_PID, self.pid, flags | NOHANG)
+            return self._kernel_waitid(flags | NOHANG)
         except ChildProcessError:
             # Our child, unreaped by us, and yet not waitable: somebody else
             # reaped it.  Without a pidfd this must be the last look at the
             # pid, which may already be reused: record the end now.
             self._record_reaped_elsewhere()
             return self._outcome(self._end)  # type: ignore[arg-type]
-        return None if info is None else ChildState.from_siginfo(info)
+
+    def _kernel_waitid(self, flags: int) -> ChildState | None:
+        """``waitid`` on this child alone, through the pidfd when there is one.
+
+        The raw call, so that a death carries the usage read with it.
+        Call with the lock held.
+        """
+        if self._pidfd is not None:
+            return raw_waitid(os.P_PIDFD, self._pidfd, flags)
+        return raw_waitid(os.P_PID, self.pid, flags)
 
     def _recover(self) -> ChildState:
         status = pidfds.exit_status(self._pidfd) if self._pidfd is not None else None
@@ -384,27 +391,35 @@ class Watch:
         if end is not None and not self._zombie:
             return end.to_wait_status()
         try:
-            status = self._reap_now(flags)
+            reaped = self._reap_now(flags)
         except ChildProcessError:
             if end is None:
                 self._record_reaped_elsewhere()
                 return self._outcome(self._end).to_wait_status()  # type: ignore[arg-type]
-            status = end.to_wait_status()  # seen dead by us, reaped by somebody else: still true
-        if status is None:
+            reaped = end, end.to_wait_status()  # seen dead by us, reaped by somebody else: still true
+        if reaped is None:
             return None
+        state, status = reaped
         if end is None:
-            self._record(ChildState.from_wait_status(self.pid, status))
+            self._record(state)
         else:
             self._zombie = False
             self._close_pidfd()
         return status
 
-    def _reap_now(self, flags: int) -> int | None:
+    def _reap_now(self, flags: int) -> tuple[ChildState, int] | None:
+        """Reap the child as ``waitpid(pid, flags)``: its state, and the raw status for Popen.
+
+        Through the pidfd, the raw ``waitid`` also reads the usage of the
+        death.  By pid it is ``os.waitpid`` itself, as in subprocess, so that
+        code which mocks it (CPython's own tests of subprocess do) sees
+        Popen's reap and has its answer believed; the usage is not known then.
+        """
         if self._pidfd is not None:
-            info = os.waitid(os.P_PIDFD, self._pidfd, EXITED | (flags & NOHANG))
-            return None if info is None else ChildState.from_siginfo(info).to_wait_status()
+            state = raw_waitid(os.P_PIDFD, self._pidfd, EXITED | (flags & NOHANG))
+            return None if state is None else (state, state.to_wait_status())
         pid, status = os.waitpid(self.pid, flags)
-        return status if pid else None
+        return (ChildState.from_wait_status(self.pid, status), status) if pid else None
 
     # -- registration, stale entries and fork ---------------------------------------------
 
