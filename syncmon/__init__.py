@@ -7,16 +7,31 @@ Nothing in syncmon ever reaps "any child", so a pid is never used after its
 process was reaped.  Importing syncmon starts no thread.
 """
 
+from typing import TYPE_CHECKING
+
 from .child import ChildHandle
-from .forkserver import ForkServer
 from .launch import SpawnOptions
 from .monitor import Monitor, adopt, default_monitor, spawn
-from .state import CLD, ChildState, ReapedElsewhere, ResourceUsage, UncleanExit, W
-from .watch import InheritedAcrossFork
 from .pool import CommandPool
 from .popen import Popen
-from .process_pool import ProcessPoolExecutor, WorkerDied
-from .tree import ProcessTree, TreeUsage
+from .state import CLD, ChildState, ReapedElsewhere, ResourceUsage, UncleanExit, W
+from .watch import InheritedAcrossFork
+
+if TYPE_CHECKING:
+    from .forkserver import ForkServer
+    from .process_pool import ProcessPoolExecutor, WorkerDied
+    from .tree import ProcessTree, TreeUsage
+
+#: Imported on first use: the fork server, trees and the process pool bring in
+#: pickle, sockets and ctypes (about a third of syncmon's import time), which a
+#: program that only watches its children need not pay for; ``aio`` brings asyncio.
+_LAZY = {
+    "ForkServer": ".forkserver",
+    "ProcessPoolExecutor": ".process_pool",
+    "WorkerDied": ".process_pool",
+    "ProcessTree": ".tree",
+    "TreeUsage": ".tree",
+}
 
 __all__ = [
     "CLD",
@@ -43,9 +58,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # ``syncmon.aio`` imports asyncio, which a threaded program need not pay for.
-    if name == "aio":
-        import importlib
+    import importlib
 
+    if name == "aio":
         return importlib.import_module(".aio", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups do not come here
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
