@@ -486,10 +486,16 @@ class ProcTree:
         fd = open_pidfd(pid)
         if fd is None:
             return False
-        st = proc_stat(pid)
-        if st is None or not after_read(st) or not (st.starttime < opened_after or unreaped(fd)):
+        try:
+            st = proc_stat(pid)  # may raise EMFILE: the pidfd must not leak then
+            verified = st is not None and after_read(st) and (st.starttime < opened_after or unreaped(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        if not verified:
             os.close(fd)
             return False
+        assert st is not None
         self._members[pid] = _Member(fd, st.starttime)
         return True
 
