@@ -196,7 +196,9 @@ class ForkServer:
             from .tree import spawn_tree
 
             return spawn_tree(self._monitor, request, as_command(argv), server=self)
-        return self.spawn_parsed(request)
+        handle = self.spawn_parsed(request)
+        handle.command = as_command(argv)  # for check()'s UncleanExit, as Monitor.spawn's
+        return handle
 
     def spawn_parsed(self, request: SpawnOptions, *, cgroup_fd: int | None = None) -> ChildHandle:
         """:meth:`spawn` with options already parsed; ``cgroup_fd`` (for process

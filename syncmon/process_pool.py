@@ -47,7 +47,7 @@ from .child import ChildHandle
 from .forkserver import ForkServer
 from .monitor import Monitor, default_monitor
 from .state import ChildState
-from .tree import ProcessTree, _CgroupMembers
+from .tree import ProcessTree, CgroupMembers
 
 _T = TypeVar("_T")
 _logger = logging.getLogger("syncmon")
@@ -486,7 +486,7 @@ class _Pool:
         args = (self.address, token, not cgroup, self.main, self.initializer, self.initargs, self.max_tasks)
         if not cgroup:
             return self.server.fork(wire.serve, *args)
-        members = _CgroupMembers(self.monitor)
+        members = CgroupMembers(self.monitor)
         try:
             handle = self.server._fork(wire.serve, args, {}, members.cgroup.dir_fd)
         except BaseException:

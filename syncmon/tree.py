@@ -174,7 +174,10 @@ class ProcessTree:
 
 # -- cgroup ------------------------------------------------------------------------------
 
-class _CgroupMembers:
+class CgroupMembers:
+    """The cgroup mechanism: a cgroup of our own for one tree, watched from the
+    monitor's epoll.  Also what ``ProcessPoolExecutor`` gives each worker."""
+
     mechanism = "cgroup"
 
     def __init__(self, monitor: Monitor) -> None:
@@ -300,7 +303,7 @@ def spawn_tree(monitor: Monitor, request: SpawnOptions, command: Sequence[Any],
 
 def _spawn_in_cgroup(monitor: Monitor, request: SpawnOptions, command: Sequence[Any],
                      server: ForkServer) -> ChildHandle:
-    members = _CgroupMembers(monitor)
+    members = CgroupMembers(monitor)
     try:
         handle = server.spawn_parsed(request, cgroup_fd=members.cgroup.dir_fd)
     except BaseException:

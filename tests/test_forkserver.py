@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from syncmon import ForkServer, Monitor, SpawnOptions
+from syncmon import ForkServer, Monitor, SpawnOptions, UncleanExit
 from syncmon.forkserver import ForkServerError
 from faults import is_open
 from helpers import HANG, eventually, our_children, proc_stat, python_env, read_all, run_code, run_in_threads, sh, \
@@ -642,3 +642,10 @@ def test_a_fork_child_cannot_use_the_parents_server(server):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert server.spawn(["true"]).wait(timeout=HANG).returncode == 0
+
+
+def test_spawned_handle_knows_its_command(server):
+    h = server.spawn(["sh", "-c", "exit 3"])
+    with pytest.raises(UncleanExit) as info:
+        h.check(timeout=HANG)
+    assert info.value.command == ["sh", "-c", "exit 3"] == h.command
