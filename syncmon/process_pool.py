@@ -37,7 +37,6 @@ import threading
 import time
 import weakref
 from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -415,7 +414,9 @@ class _Pool:
                     expired.append((worker, task))
         for worker, task in expired:
             worker.kill_tree()
-            task.future.set_exception(FutureTimeout(
+            # The builtin TimeoutError, as every syncmon timeout (before 3.11
+            # concurrent.futures.TimeoutError was another class).
+            task.future.set_exception(TimeoutError(
                 f"the task ran longer than task_timeout={self.task_timeout} s; "
                 f"its worker (pid {worker.handle.pid}) was killed"))
 
