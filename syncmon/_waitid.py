@@ -33,30 +33,44 @@ except KeyError:
 # long: so it is called through a fixed prototype of longs.
 _syscall = ffi.cast(
     "long (*)(long, long, long, siginfo_t *, long, struct rusage *)", ffi.addressof(lib, "syscall"))
-# First uses of these types now, at import (see _ffi._make_fork_safe).
-ffi.typeof("siginfo_t *")
-ffi.typeof("struct rusage *")
+# The types, looked up once (and so first used at import: see _ffi._make_fork_safe).
+_SIGINFO = ffi.typeof("siginfo_t *")
+_RUSAGE = ffi.typeof("struct rusage *")
+
+#: Buffer pairs not in use.  A call takes a pair for itself and gives it back
+#: once the result is read: the syscall runs without the GIL, so two threads
+#: must never share a pair, and neither may a signal handler that waits while
+#: the interrupted thread has not yet read its own.  Reusing pairs instead of
+#: allocating two per call is a tenth of a death's cost (issue 11).
+_spare_buffers: list[tuple[Any, Any]] = []
 
 
 def waitid(idtype: int, ident: int, options: int) -> ChildState | None:
     """``os.waitid(idtype, ident, options)`` as a state, with the usage of a death.
 
     ``None`` when ``WNOHANG`` found no state change, as ``os.waitid``; ECHILD
-    raises ``ChildProcessError`` as it does, other errors ``OSError``.  The
-    buffers are made per call: the call runs without the GIL, so buffers
-    shared between threads could be filled by two children at once.
+    raises ``ChildProcessError`` as it does, other errors ``OSError``.
     """
-    info = ffi.new("siginfo_t *")  # zeroed: si_pid stays 0 when WNOHANG finds nothing
-    usage = ffi.new("struct rusage *")
-    while _syscall(SYS_waitid, idtype, ident, info, options, usage) == -1:
-        err = ffi.errno
-        if err != errno.EINTR:
-            raise OSError(err, os.strerror(err))  # OSError(ECHILD, ...) is a ChildProcessError
-        # A signal interrupted a blocking wait: retry, as os.waitid does
-        # (PEP 475); Python-level handlers run here, between two calls.
-    if info.si_pid == 0:
-        return None
-    return ChildState.from_siginfo(info, _resource_usage(usage))
+    try:
+        buffers = _spare_buffers.pop()
+    except IndexError:
+        buffers = ffi.new(_SIGINFO), ffi.new(_RUSAGE)
+    info, usage = buffers
+    try:
+        while _syscall(SYS_waitid, idtype, ident, info, options, usage) == -1:
+            err = ffi.errno
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))  # OSError(ECHILD, ...) is a ChildProcessError
+            # A signal interrupted a blocking wait: retry, as os.waitid does
+            # (PEP 475); Python-level handlers run here, between two calls.
+        # A reused buffer needs no clearing: on success the kernel writes
+        # every field read here, si_pid = 0 included when WNOHANG finds
+        # nothing (kernel/exit.c, waitid); the usage is read only for a state.
+        if info.si_pid == 0:
+            return None
+        return ChildState.from_siginfo(info, _resource_usage(usage))
+    finally:
+        _spare_buffers.append(buffers)
 
 
 def _resource_usage(ru: Any) -> ResourceUsage:

@@ -213,7 +213,8 @@ class OwnedFuture(DeferringFuture[_T]):
 
     def __init__(self, runner: CallbackRunner) -> None:
         super().__init__(runner)
-        self._notifier_lock = threading.Lock()
+        # Guarded by Future's own condition, as its done-callbacks are: a
+        # lock of its own would be one more allocation per child.
         self._notifiers: list[Callback] | None = []  # None once resolved
 
     def _refuse(self, method: str) -> RuntimeError:
@@ -253,14 +254,14 @@ class OwnedFuture(DeferringFuture[_T]):
         method is called, or raise (an exception is logged).  Added to a
         future that is already resolved, ``fn`` runs at once in this thread.
         """
-        with self._notifier_lock:
+        with self._condition:  # Future's own
             if self._notifiers is not None:
                 self._notifiers.append(fn)
                 return
         self._run_notifier(fn)
 
     def _notify(self) -> None:
-        with self._notifier_lock:
+        with self._condition:
             notifiers, self._notifiers = self._notifiers or [], None
         for fn in notifiers:
             self._run_notifier(fn)
@@ -297,7 +298,6 @@ class DeathFuture(OwnedFuture["ChildState"]):
         thread of the parent may have held them at the fork.
         """
         self._condition = threading.Condition()
-        self._notifier_lock = threading.Lock()
         self._done_callbacks.clear()  # type: ignore[attr-defined]  # Future's own list
         self._notifiers = None
         Future.set_exception(self, error)

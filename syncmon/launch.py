@@ -128,6 +128,18 @@ def _check_process_group(process_group: int | None, start_new_session: bool) -> 
         raise ValueError("start_new_session already makes a new process group")
 
 
+def _kept_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:
+    """``pass_fds`` checked, sorted and without repeats."""
+    if type(pass_fds) is tuple and not pass_fds:
+        return ()  # the default, without the ABC check (a tenth of a plain spawn's parsing)
+    if isinstance(pass_fds, (str, bytes)) or not isinstance(pass_fds, Iterable):
+        raise TypeError(f"pass_fds must be a collection of ints, not {type(pass_fds).__name__}")
+    kept = tuple(sorted({_check_fd(fd, "pass_fds") for fd in pass_fds}))
+    if kept and kept[0] < 3:
+        raise ValueError(f"pass_fds: {kept[0]} is a standard stream; use stdin/stdout/stderr")
+    return kept
+
+
 @dataclass(frozen=True)
 class SpawnOptions:
     """How to start one program: every option checked and normalized once.
@@ -177,11 +189,6 @@ class SpawnOptions:
             if b"\0" in directory:
                 raise ValueError("cwd must not contain NUL bytes")
         _check_process_group(process_group, start_new_session)
-        if isinstance(pass_fds, (str, bytes)) or not isinstance(pass_fds, Iterable):
-            raise TypeError(f"pass_fds must be a collection of ints, not {type(pass_fds).__name__}")
-        kept = tuple(sorted({_check_fd(fd, "pass_fds") for fd in pass_fds}))
-        if kept and kept[0] < 3:
-            raise ValueError(f"pass_fds: {kept[0]} is a standard stream; use stdin/stdout/stderr")
         return cls(
             argv=tuple(normalize_argv(argv)),
             env=environment,
@@ -190,7 +197,7 @@ class SpawnOptions:
             streams=(_redirect_fd(stdin, "stdin"), _redirect_fd(stdout, "stdout"), _redirect_fd(stderr, "stderr")),
             start_new_session=bool(start_new_session),
             process_group=process_group,
-            pass_fds=kept,
+            pass_fds=_kept_fds(pass_fds),
         )
 
 
@@ -223,12 +230,22 @@ def _open_fds_below(limit: int) -> list[int]:
     return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd < limit]
 
 
+# The C types of every spawn, looked up once: by name, each ffi.new parses
+# its type string again, and a spawn makes five of them.
+_FILE_ACTIONS = ffi.typeof("posix_spawn_file_actions_t *")
+_ATTRIBUTES = ffi.typeof("posix_spawnattr_t *")
+_CHARS = ffi.typeof("char[]")
+_STRINGS = ffi.typeof("char *[]")
+_CHAR_POINTER = ffi.typeof("char *")
+_INT = ffi.typeof("int *")
+
+
 class _SpawnRequest:
     """The C-side objects of one ``posix_spawn`` call, destroyed in ``close``."""
 
     def __init__(self) -> None:
-        self.actions = ffi.new("posix_spawn_file_actions_t *")
-        self.attributes = ffi.new("posix_spawnattr_t *")
+        self.actions = ffi.new(_FILE_ACTIONS)
+        self.attributes = ffi.new(_ATTRIBUTES)
         check_errno_result(lib.posix_spawn_file_actions_init(self.actions))
         check_errno_result(lib.posix_spawnattr_init(self.attributes))
         self._keepalive: list[Any] = []
@@ -236,9 +253,9 @@ class _SpawnRequest:
     def strings(self, values: Sequence[bytes]) -> Any:
         """A NULL-terminated ``char *[]`` pointing into one buffer: one
         allocation instead of one per string (the environment has dozens)."""
-        blob = ffi.new("char[]", b"\0".join(values))  # cffi adds the last NUL
-        array = ffi.new("char *[]", len(values) + 1)  # zeroed: ends in NULL
-        base = ffi.cast("char *", blob)
+        blob = ffi.new(_CHARS, b"\0".join(values))  # cffi adds the last NUL
+        array = ffi.new(_STRINGS, len(values) + 1)  # zeroed: ends in NULL
+        base = ffi.cast(_CHAR_POINTER, blob)
         offset = 0
         for index, value in enumerate(values):
             array[index] = base + offset
@@ -255,7 +272,7 @@ class _SpawnRequest:
             return
         if source == subprocess.DEVNULL:
             flags = os.O_RDONLY if target == 0 else os.O_WRONLY
-            path = ffi.new("char[]", os.devnull.encode())
+            path = ffi.new(_CHARS, os.devnull.encode())
             self._keepalive.append(path)
             check_errno_result(lib.posix_spawn_file_actions_addopen(self.actions, target, path, flags, 0))
         elif source == subprocess.STDOUT:
@@ -294,7 +311,7 @@ class _SpawnRequest:
             raise FileNotFoundError(2, "No such directory", os.fsdecode(path))
         if not has_symbol("posix_spawn_file_actions_addchdir_np"):
             raise NotImplementedError("cwd= needs glibc 2.29 or newer")
-        cpath = ffi.new("char[]", path)
+        cpath = ffi.new(_CHARS, path)
         self._keepalive.append(cpath)
         check_errno_result(lib.posix_spawn_file_actions_addchdir_np(self.actions, cpath))
 
@@ -328,7 +345,7 @@ def spawn_process(options: SpawnOptions, sigmask: set[int]) -> int:
         if options.cwd is not None:
             request.chdir(options.cwd)
         request.set_attributes(sigmask, options.start_new_session, options.process_group)
-        pid = ffi.new("int *")
+        pid = ffi.new(_INT)
         check_errno_result(
             spawn(
                 pid,

@@ -75,6 +75,7 @@ class Reactor:
 
         self._condition = threading.Condition(threading.Lock())
         self.generation = 0
+        self._sleepers = 0  # threads in wait_for_change; guarded by _condition
 
         self._interest_lock = threading.Lock()
         self._sigchld_interest = 0  # guarded by _interest_lock
@@ -99,16 +100,23 @@ class Reactor:
         """Sleep until the generation moves past ``generation`` or ``timeout`` passes."""
         with self._condition:
             if self.generation == generation:
-                self._condition.wait(timeout)
+                self._sleepers += 1
+                try:
+                    self._condition.wait(timeout)
+                finally:
+                    self._sleepers -= 1
 
     def bump(self) -> None:
         """Move the generation and wake every sleeper in :meth:`wait_for_change`."""
         with self._condition:
             self.generation += 1
-            self._condition.notify_all()
+            if self._sleepers:  # most bumps find nobody: notify_all() costs as much as the rest
+                self._condition.notify_all()
 
     def on_reactor_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        # The thread's ident, not current_thread(): this runs once per death,
+        # and current_thread() is a dict lookup in Python.
+        return threading.get_ident() == self._thread.ident
 
     # -- descriptors ---------------------------------------------------------------
 
