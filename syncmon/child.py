@@ -26,6 +26,8 @@ _ALL_OPTIONS = EXITED | STOP_KINDS | NOHANG | NOWAIT
 def check_options(options: W, *, allow_nohang: bool = False) -> int:
     """``W`` flags as a plain int.  A bare number is refused: ``h.wait(10)`` is
     the ``Popen.wait(timeout)`` habit, and must not silently mean flags."""
+    if options is W.EXITED:
+        return EXITED  # the default of every wait, valid as it is
     if not isinstance(options, W):
         hint = " (for a timeout, write timeout=...)" if isinstance(options, (int, float)) else ""
         raise TypeError(f"options must be syncmon.W flags, not {type(options).__name__}{hint}")

@@ -182,8 +182,13 @@ class Reactor:
         finally:
             if signal.SIGCHLD in previous:
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-                self._rescue_requested = True
-                self._poke()
+                # Only a child without a pidfd, or a stop/continue waiter,
+                # can miss a lost SIGCHLD; one that starts listening after
+                # this read looks at its child itself once it listens.  So
+                # the usual Popen spawn wakes the monitor thread for nothing.
+                if self._sigchld_interest > 0:
+                    self._rescue_requested = True
+                    self._poke()
 
     # -- the thread ----------------------------------------------------------------
 
