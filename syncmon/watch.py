@@ -62,24 +62,56 @@ TRANSIENT_ERRNOS = pidfds.TRANSIENT_ERRNOS
 _LONGEST_SLEEP = min(threading.TIMEOUT_MAX, (2**31 - 1) / 1000)
 
 
+def _settle(future: DeathFuture, end: End) -> None:
+    if isinstance(end, ChildState):
+        future.resolve(end)
+    else:
+        future.fail(end)
+
+
 class Watch:
     """The monitor's hold on one child.  Made by :func:`watch_child`."""
 
     def __init__(self, engine: Engine, pid: int, pidfd: int | None, lock: threading.Lock, reaps: bool) -> None:
         self.pid = pid
         self.lock = lock
-        self.future = DeathFuture(engine.callbacks)
+        self._callbacks = engine.callbacks  # for the death future, made on first use
+        self._future: DeathFuture | None = None
+        self._settled: End | None = None  # the end a future made from now on starts with
+        self._future_lock = threading.Lock()  # makes "is there a future" and "settle it" one step
         self._engine = engine  # one reference, given back when the end is recorded
         self._pidfd = pidfd
         self._reaps = reaps  # False: an owner (syncmon.Popen) reaps; we only look
         self._end: End | None = None
         self._zombie = False  # death recorded, owner's reap still to come (reaps=False only)
-        self._pollers: set[int] = set()  # private pidfd duplicates, one per polling waiter
+        self._pollers = 0  # waiters in poll() on the pidfd: while any is, it stays open
+        self._polled_pidfd: int | None = None  # closed by the last poller: see _close_pidfd
         #: The one public handle made for this child (set once, under the lock,
         #: by the monitor); typed loosely so that this module needs no other.
         self.handle: object | None = None
 
     # -- the end -------------------------------------------------------------------
+
+    @property
+    def future(self) -> DeathFuture:
+        """The death future, made on first use.
+
+        Most children are waited for (``wait()``, ``syncmon.Popen``) and never
+        asked for a future; a ``Future`` with its ``Condition`` is half the
+        memory of a watch and a tenth of the work of a spawn and a wait.  One
+        made after the end was recorded starts resolved.  Its own lock, not
+        the watch's: notifiers run under the watch's lock and may ask for it.
+        """
+        future = self._future
+        if future is not None:
+            return future
+        with self._future_lock:
+            if self._future is None:
+                future = DeathFuture(self._callbacks)
+                if self._settled is not None:
+                    _settle(future, self._settled)  # nothing is attached to it yet
+                self._future = future
+            return self._future
 
     @property
     def gone(self) -> bool:
@@ -102,7 +134,7 @@ class Watch:
 
     def _record(self, end: End, *, unreaped: bool = False) -> None:
         """With the lock held: the child is gone.  Stop watching it, close the
-        pidfd, resolve the future, wake the other waiters, give back the engine.
+        pidfd, resolve the future (if one was made), wake the other waiters, give back the engine.
 
         The pidfd is closed under the lock, so a signal can never go through a
         closed (and perhaps reused) descriptor number.  The future is resolved
@@ -118,10 +150,10 @@ class Watch:
             self._zombie = True
         else:
             self._close_pidfd()
-        if isinstance(end, ChildState):
-            self.future.resolve(end)
-        else:
-            self.future.fail(end)
+        with self._future_lock:
+            future, self._settled = self._future, end
+        if future is not None:
+            _settle(future, end)
         # Only now: readers look at the end without the lock, and whoever
         # sees it must find the future resolved too.
         self._end = end
@@ -133,8 +165,15 @@ class Watch:
         engine.release()
 
     def _close_pidfd(self) -> None:
+        """With the lock held: done with the pidfd.  A waiter still in ``poll()``
+        on it keeps the number open (closed, it could be reused under the
+        waiter's poll); the last one to leave closes it."""
         pidfd, self._pidfd = self._pidfd, None
-        if pidfd is not None:
+        if pidfd is None:
+            return
+        if self._pollers:
+            self._polled_pidfd = pidfd
+        else:
             os.close(pidfd)
 
     def _record_reaped_elsewhere(self) -> None:
@@ -224,12 +263,12 @@ class Watch:
             state = self.state_now(options)
             if state is not None:
                 return state
-            pidfd = self._private_pidfd()
+            pidfd = self._start_polling()
             if pidfd is not None:
                 try:
                     return self._wait_on_pidfd(pidfd, options, deadline, describe_timeout)
                 finally:
-                    self._release_private_pidfd(pidfd)
+                    self._stop_polling()
         with self._engine_for_waiting(options) as engine:
             if engine is None:  # the end was recorded meanwhile
                 return self._outcome(self._end)  # type: ignore[arg-type]
@@ -270,36 +309,34 @@ class Watch:
         finally:
             engine.release()
 
-    def _private_pidfd(self) -> int | None:
-        """A duplicate of the pidfd, for this waiter alone, while the child is unreaped.
+    def _start_polling(self) -> int | None:
+        """The pidfd, for this waiter to ``poll()`` while the child is unreaped.
 
-        The watch closes its own pidfd at the death, possibly while this
-        waiter is about to poll it; a private duplicate cannot be closed (and
-        its number reused) under the waiter.  Taken under the lock for that
-        reason.  While any waiter polls, the monitor thread is told not to
-        wake for this child (:meth:`Registry.pause`).  ``None`` when there is
-        no pidfd, or no descriptor to spare (EMFILE): the waiter then sleeps on
-        the monitor's generation like a waiter without pidfds.
+        The watch closes the pidfd at the death, possibly while this waiter is
+        about to poll it; a counted poller keeps the number open until it
+        leaves (:meth:`_close_pidfd`).  No duplicate: a thread waiting costs
+        no descriptor of its own, so 10,000 waiters fit in 10,000 descriptors.
+        While any waiter polls, the monitor thread is told not to wake for this
+        child (:meth:`Registry.pause`).  ``None`` when there is no pidfd: the
+        waiter then sleeps on the monitor's generation like a waiter without pidfds.
         """
         with self.lock:
             if self._pidfd is None or self._end is not None:
                 return None
-            try:
-                private = os.dup(self._pidfd)
-            except OSError as error:
-                if error.errno in TRANSIENT_ERRNOS:
-                    return None
-                raise
             if not self._pollers:
                 self._engine.registry.pause(self._pidfd)
-            self._pollers.add(private)
-            return private
+            self._pollers += 1
+            return self._pidfd
 
-    def _release_private_pidfd(self, private: int) -> None:
+    def _stop_polling(self) -> None:
         with self.lock:
-            self._pollers.discard(private)
-            os.close(private)
-            if not self._pollers and self._pidfd is not None:
+            self._pollers -= 1
+            if self._pollers:
+                return
+            if self._polled_pidfd is not None:
+                os.close(self._polled_pidfd)
+                self._polled_pidfd = None
+            elif self._pidfd is not None:
                 # Left by timeout or an exception, child not reaped: nobody
                 # else may be looking, so hand the child back to the monitor.
                 self._engine.registry.resume(self._pidfd)
@@ -498,13 +535,16 @@ class Watch:
         descriptors).  The descriptors are still ours to close: the fork
         child has run no other code yet.
         """
-        for fd in [*self._pollers, *([] if self._pidfd is None else [self._pidfd])]:
-            os.close(fd)
-        self._pollers.clear()
-        self._pidfd = None
+        for fd in (self._pidfd, self._polled_pidfd):
+            if fd is not None:
+                os.close(fd)
+        self._pollers = 0
+        self._pidfd = self._polled_pidfd = None
+        self._future_lock = threading.Lock()  # a parent thread may have held it
         if self._end is None:
-            self._end = InheritedAcrossFork(self.pid)
-            self.future.abandon(self._end)
+            self._end = self._settled = InheritedAcrossFork(self.pid)
+            if self._future is not None:
+                self._future.abandon(self._end)
 
     def __repr__(self) -> str:
         return f"<Watch pid={self.pid} {'gone' if self._end is not None else 'watched'}>"
