@@ -16,7 +16,8 @@ mechanisms find the members:
   ``_proctree``), and the process is a child subreaper while such trees
   exist, so orphans come to us and are reaped.  One thread per tree sleeps
   in ``poll()`` on the members' pidfds until the tree is empty.  It cannot see
-  a member that left the session after its parent died.
+  a member that left the session (``setsid()``) if its parent exited before a
+  scan saw it (scans run at ``pids()``, ``kill()`` and a watched member's exit).
 
 A tree is *done* when the child's death is recorded and no member is alive;
 then the cgroup is removed, and :attr:`ProcessTree.future` resolves with the

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -639,6 +640,79 @@ def test_without_pidfds_a_lost_sigchld_is_made_up_for_while_a_tree_lives(mechani
     the root stayed an unreaped zombie and its tree never finished."""
     out = fresh(NO_PIDFD_LOST_SIGCHLD, mechanism)
     assert "done" in out and "nothing left" in out, out
+
+
+#: Run as pid 1 of a new pid namespace (a container's init): every orphan of
+#: the namespace comes to us, the trees' members among them.
+AS_PID_1 = """
+import os, subprocess, time
+import syncmon
+assert os.getpid() == 1, os.getpid()
+
+def zombies():
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == "1":
+                found.append(int(name))
+    return found
+
+def settled(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+ORPHANS = "sleep 0.05 & (sleep 0.1 &); (sh -c 'sleep 0.05 &' &); exit 3"
+if os.environ.get("SYNCMON_CGROUP") != "0":
+    ORPHANS = "(setsid sleep 0.05 &); " + ORPHANS  # out of the fallback's sight (README, limits)
+with syncmon.Monitor() as mon:
+    plain = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 7"])  # dies while the trees below end
+    for i in range(15):
+        h = mon.spawn(["sh", "-c", ORPHANS], tree=True)
+        assert h.tree.wait(timeout=20).returncode == 3, i
+    killed = mon.spawn(["sh", "-c", "sleep 100 & (sleep 100 &); (sh -c 'sleep 100 &' &); sleep 100"], tree=True)
+    assert settled(lambda: len(killed.tree.pids()) == 5), killed.tree.pids()  # sh and four sleeps
+    killed.tree.kill()
+    assert killed.tree.wait(timeout=20).returncode == -9
+    assert settled(lambda: plain.pid in zombies()), "the plain child did not die"
+    # Every orphan of the trees is reaped: only the plain child is left, unreaped, for its Popen.
+    assert settled(lambda: zombies() == [plain.pid]), (zombies(), plain.pid)
+    assert plain.wait(timeout=20) == 7, plain.returncode
+    print("mechanism", killed.tree.mechanism, "zombies left", sorted(set(zombies())))
+"""
+
+
+def unshare_pid() -> str | None:
+    """None if we can run a program as pid 1 of a new pid namespace (root, unshare(1)), else why not."""
+    if os.geteuid() != 0:
+        return "not root"
+    if shutil.which("unshare") is None:
+        return "unshare(1) not found"
+    return None
+
+
+@pytest.mark.timeout(180)
+def test_as_pid_1_of_a_pid_namespace(mechanism):
+    """As a container's init: members reparented to us are reaped, zombies do not
+    accumulate, and a plain subprocess.Popen child keeps its true exit status."""
+    reason = unshare_pid()
+    if reason is not None:
+        pytest.skip(reason)
+    env = python_env(SYNCMON_CGROUP="0" if mechanism == "proc" else None)
+    # As stress/namespace.py does: a new pid namespace with its own /proc, we its pid 1.
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
+                           sys.executable, "-c", AS_PID_1], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert f"mechanism {mechanism} zombies left []" in proc.stdout, proc.stdout
 
 
 # --- bad input -----------------------------------------------------------------------------------
