@@ -368,7 +368,7 @@ def _tree_once(shared: TreeRun, rng: random.Random) -> None:
         allowed = _killed_or(code, root_end, {signal.SIGTERM, signal.SIGKILL})
     run.check(tree.pid, got, allowed, what)
     if got is not None:
-        _check_gone(run, members, what)
+        _check_gone(run, list(zip(shapes, members)), what)
 
 
 def _killed_or(code: int, root_end: str, sigs: Collection[int]) -> set[Fate]:
@@ -392,14 +392,16 @@ def _read_members(fd: int, bound: float) -> list[tuple[int, int]]:
     return [(int(pid), int(start)) for pid, start in (item.split(":") for item in data.decode().split())]
 
 
-def _check_gone(run: Any, members: list[tuple[int, int]], what: str) -> None:
-    """After the tree's wait, none of its members may be alive or our zombie (a zombie
-    whose parent is the namespace's init is dead: reaping it is init's business)."""
-    for pid, start in members:
+def _check_gone(run: Any, members: list[tuple[str, tuple[int, int]]], what: str) -> None:
+    """After the tree's wait, none of its members (each with its shape letter) may be
+    alive or our zombie (a zombie whose parent is the namespace's init is dead:
+    reaping it is init's business)."""
+    for shape, (pid, start) in members:
         fields = _stat(pid)
         ours_or_alive = fields[1:2] == [str(os.getpid())] or fields[:1] != ["Z"]
         if len(fields) > 19 and int(fields[19]) == start and ours_or_alive:
-            run.count("members_left", f"{what}: member {pid} still alive ({fields[0]}) after the tree's wait")
+            run.count("members_left",
+                      f"{what}: member {pid} (shape {shape}) still alive ({fields[0]}) after the tree's wait")
 
 
 def _stat(pid: int) -> list[str]:

@@ -242,6 +242,33 @@ def signal_until_stable(candidates: Callable[[], Iterable[int]],
     return len(done)
 
 
+class DescriptorReserve:
+    """Descriptor slots held back for a step that must not meet EMFILE halfway.
+
+    Once a tree's root runs, it may fork at any moment, and a tree that
+    cannot be watched can only be killed whole by what needs no descriptor
+    (see ``tree._spawn_in_session``).  So the descriptors the tree needs
+    right after the spawn are taken *before* it, as placeholders: at EMFILE
+    the spawn fails while no child exists yet.  ``release()`` frees the
+    slots just before they are needed (``O_PATH`` of ``/``: no device, no
+    side effect; ``O_CLOEXEC``: no child inherits one).  Another thread can
+    still take a freed slot first; the caller must survive that, rarely.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._fds: list[int] = []
+        try:
+            for _ in range(count):
+                self._fds.append(os.open("/", os.O_PATH | os.O_CLOEXEC))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+
 # --- subreaper --------------------------------------------------------------------------
 
 def _prctl(option: int, arg: int = 0) -> int:
@@ -311,6 +338,9 @@ class ProcTree:
     """
 
     mechanism = "proc"
+
+    #: Descriptors ``__init__`` needs: the root's pidfd (kept) and its stat read (closed again).
+    DESCRIPTORS_TO_START = 2
 
     def __init__(self, root_pid: int, *, session: bool = False) -> None:
         self._lock = threading.Lock()

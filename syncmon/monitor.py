@@ -234,8 +234,8 @@ class Monitor:
         return handle_of(watch, None)
 
     def watch_fd(self, fd: int, on_ready: Callable[[], None]) -> Callable[[], None]:
-        """Have the monitor thread call ``on_ready()`` whenever ``fd`` is readable or
-        has priority data (see :meth:`Registry.add_fd`); return the function that
+        """Have the monitor thread call ``on_ready()`` whenever ``fd`` has priority
+        data (see :meth:`Registry.add_fd`); return the function that
         stops it, to be called once, before ``fd`` is closed.  The descriptor
         stays the caller's; the engine lives at least until the stop."""
         engine = self._open_engine()

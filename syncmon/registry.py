@@ -87,15 +87,18 @@ class Registry:
                     self._reactor.remove(pidfd)
 
     def add_fd(self, fd: int, on_ready: Callable[[], None]) -> None:
-        """Call ``on_ready()`` in the reap pass whenever ``fd`` is readable or has
-        priority data (``EPOLLPRI``: a cgroup's ``cgroup.events`` when it changed).
+        """Call ``on_ready()`` in the reap pass whenever ``fd`` has priority data
+        (``EPOLLPRI``: a cgroup's ``cgroup.events`` when it changed).
 
+        Not ``EPOLLIN``: a kernfs file always reports it, so the monitor
+        thread would never sleep, and the rescue look for lost SIGCHLDs,
+        which runs when a wait times out, would never run.
         Level-triggered: ``on_ready`` must consume what made ``fd`` ready (read
         the file), or it is called again on every pass.  It runs on the monitor
         thread with no lock of syncmon's held, and must not block.
         """
         with self._lock:
-            self._reactor.add(fd, select.EPOLLIN | select.EPOLLPRI)
+            self._reactor.add(fd, select.EPOLLPRI)
             self._other[fd] = on_ready
 
     def remove_fd(self, fd: int) -> None:

@@ -16,7 +16,8 @@ mechanisms find the members:
   ``_proctree``), and the process is a child subreaper while such trees
   exist, so orphans come to us and are reaped.  One thread per tree sleeps
   in ``poll()`` on the members' pidfds until the tree is empty.  It cannot see
-  a member that left the session after its parent died.
+  a member that left the session (``setsid()``) if its parent exited before a
+  scan saw it (scans run at ``pids()``, ``kill()`` and a watched member's exit).
 
 A tree is *done* when the child's death is recorded and no member is alive;
 then the cgroup is removed, and :attr:`ProcessTree.future` resolves with the
@@ -321,8 +322,10 @@ def _with_tree(handle: ChildHandle, members: _Members) -> ChildHandle:
     try:
         handle.tree = ProcessTree(handle, members)
     except BaseException:
-        members.kill(signal.SIGKILL)
-        members.close()
+        try:
+            members.kill(signal.SIGKILL)
+        finally:
+            members.close()  # even if the kill failed: the descriptors, the leader's reaping
         raise
     return handle
 
@@ -337,6 +340,9 @@ def _spawn_in_session(monitor: Monitor, request: SpawnOptions, command: Sequence
     So its watch only looks (``WNOWAIT``, as for ``syncmon.Popen``), and the
     tree reaps it once the members are gone; ``wait()`` on its handle still
     returns at its death.
+
+    The descriptors the tree needs are reserved before the spawn: once the
+    leader runs it may fork, and at EMFILE its members could not be found.
     """
     if request.process_group is not None:
         raise ValueError("tree=True without cgroups puts the child in a session of its own: "
@@ -346,9 +352,13 @@ def _spawn_in_session(monitor: Monitor, request: SpawnOptions, command: Sequence
     # Subreaper first: an orphan made before the tree exists must come to us.
     _proctree.subreaper.hold()
     try:
-        watch = monitor.start_watched(
-            lambda engine: spawn_process(leader, child_signal_mask(engine.reactor.sigchld_blocked_by_user)), lock)
-        handle = handle_of(watch, command)
+        reserve = _proctree.DescriptorReserve(_proctree.ProcTree.DESCRIPTORS_TO_START)
+        try:
+            watch = monitor.start_watched(
+                lambda engine: spawn_process(leader, child_signal_mask(engine.reactor.sigchld_blocked_by_user)), lock)
+            handle = handle_of(watch, command)
+        finally:
+            reserve.release()  # for _ProcMembers, next
 
         def reap_leader() -> None:
             with lock:
@@ -360,13 +370,30 @@ def _spawn_in_session(monitor: Monitor, request: SpawnOptions, command: Sequence
         except ChildProcessError:
             # Lost at birth (a foreign reaper took it): nothing is known of its tree.
             members = _NoMembers()
-        except BaseException:  # EMFILE for its pidfd, say: nobody would ever reap the leader
-            handle.kill()
+        except BaseException:
+            # EMFILE all the same (another thread took the reserved slots):
+            # nobody would ever reap the leader, which may have forked by now.
+            _kill_leaders_group(handle.pid)
             reap_leader()
             raise
     finally:
         _proctree.subreaper.release()
     return _with_tree(handle, members)
+
+
+def _kill_leaders_group(leader: int) -> None:
+    """SIGKILL the process group of a session leader we have not reaped: no
+    descriptor needed, so this works at EMFILE, where finding members does not.
+
+    The group's id is the leader's pid, which nobody else can have while the
+    leader is unreaped, and a group never spans sessions: only the leader
+    and members in its group are reached.  Members that made groups of their
+    own in that first instant are not (nor, at EMFILE, can anything see them).
+    """
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # cannot happen while the leader is unreaped; never a reason to skip the reap
 
 
 class _NoMembers:
