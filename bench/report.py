@@ -22,8 +22,8 @@ from bench.contenders import BASELINE, CONTENDERS, FORKSERVER, REFERENCE, SEQUEN
 from bench.schedule import Config, Outcome, Trial
 from bench.stats import Spread, percentile, ratio
 
-# (target, met?, the numbers behind the verdict)
-Verdict = tuple[str, bool, str]
+# (target, met? (None: not measured, its trials failed), the numbers behind the verdict)
+Verdict = tuple[str, bool | None, str]
 
 # Issue 11's targets.  The three syncmon paths the issue judges, with the most
 # their W1 p50 may be as a multiple of the floor's (REFERENCE): wait() has no
@@ -259,7 +259,7 @@ class Report:
         headers = ["contender"]
         for n in self.sizes:
             headers += [f"n={n}: median [IQR]", f"× {self.baseline}"]
-        headers += ["growth exponent: time", "CPU"]
+        headers += ["growth exponent: time", "CPU", "between n="]
         rows = []
         for name in self._burst_names():
             row = [name]
@@ -269,8 +269,14 @@ class Report:
                     fmt_time_spread(s) if s else "-",
                     fmt_ratio(ratio(s.median, base.median)) if s and base else "-",
                 ]
+            span = self.span(name)
             rows.append(
-                row + [_fmt_exponent(self.growth_exponent(name)), _fmt_exponent(self.growth_exponent(name, "cpu"))]
+                row
+                + [
+                    _fmt_exponent(self.growth_exponent(name)),
+                    _fmt_exponent(self.growth_exponent(name, "cpu")),
+                    f"{span[0]}–{span[1]}" if span else "-",
+                ]
             )
         return markdown_table(headers, rows)
 
@@ -313,19 +319,32 @@ class Report:
         CPU over the same span): wall time includes the kernel ending n processes
         on few cores, CPU is the waiting process's own work alone.
         """
-        if len(self.sizes) < 2:
+        span = self.span(name)
+        if span is None:
             return math.nan
         spreads = self.burst if figure == "time" else self.burst_reap_cpu
-        small, big = self.sizes[0], self.sizes[-1]
-        at_small, at_big = spreads[small].get(name), spreads[big].get(name)
-        if at_small is None or at_big is None or at_small.median <= 0:
+        small, big = span
+        at_small, at_big = spreads[small][name], spreads[big][name]
+        if at_small.median <= 0:
             return math.nan
         return math.log(at_big.median / at_small.median) / math.log(big / small)
+
+    def span(self, name: str) -> tuple[int, int] | None:
+        """The smallest and largest burst sizes at which ``name`` has figures.
+
+        Not simply the sizes run: a contender left out of the largest size (or
+        failing there) still shows its growth over the sizes it did reach, and
+        every verdict names the sizes it was judged on.
+        """
+        have = [n for n in self.sizes if name in self.burst[n]]
+        return (have[0], have[-1]) if len(have) >= 2 else None
 
     def exponent_bounds(self, name: str) -> tuple[float, float]:
         """The growth exponents the quartiles allow (small q3 -> big q1, small q1 -> big q3):
         how much of the median's exponent is noise."""
-        small, big = self.sizes[0], self.sizes[-1]
+        span = self.span(name)
+        assert span is not None, "only called with a growth exponent"
+        small, big = span
         at_small, at_big = self.burst[small][name], self.burst[big][name]
         scale = math.log(big / small)
         return math.log(at_big.q1 / at_small.q3) / scale, math.log(at_big.q3 / at_small.q1) / scale
@@ -400,43 +419,62 @@ class Report:
                 f"{s.median * 1e3:.3f} ms/s median, max {s.high * 1e3:.3f}",
             )
 
-    def _sizes_note(self) -> str:
+    @staticmethod
+    def _sizes_note(small: int, big: int) -> str:
         """Said beside every burst verdict judged on other sizes than the issue's."""
-        if (self.sizes[0], self.sizes[-1]) == ISSUE_SIZES:
+        if (small, big) == ISSUE_SIZES:
             return ""
-        return f" [judged at n={self.sizes[0]}→{self.sizes[-1]}; issue 11 asks 1000→10000: `--many`]"
+        return f" [judged at n={small}→{big}; issue 11 asks {ISSUE_SIZES[0]}→{ISSUE_SIZES[1]}: `--many`]"
+
+    def _planned(self, name: str, group: str) -> bool:
+        """Whether a trial of ``name`` in ``group`` was run (so missing figures mean it failed)."""
+        return any(o.trial.contender == name and o.trial.group == group for o in self.outcomes)
 
     def _burst_targets(self) -> Iterator[Verdict]:
         if not self.sizes:
             return
-        big = self.sizes[-1]
-        futures, floor = self.burst[big].get(FUTURES), self.burst[big].get(REFERENCE)
-        note = self._sizes_note()
-        if futures and floor:
-            r = futures.median / floor.median
-            yield (
-                f"{FUTURES}: drain of n={big} deaths ≤ {DRAIN_LIMIT:g}× the floor{note}",
-                r <= DRAIN_LIMIT,
-                f"{fmt_time_spread(futures)} / {fmt_time_spread(floor)} = {r:.2f}×",
-            )
-        yield from self._growth_target(FUTURES, FUTURES_GROWTH_LIMIT, "cost per death stays flat", note)
-        yield from self._growth_target(THREADS, THREADS_GROWTH_LIMIT, "time grows at most linearly", note)
-        per_child = self.burst_rss_per_child[big]
-        if FUTURES in per_child and REFERENCE in per_child:
-            ours, theirs = per_child[FUTURES].median, per_child[REFERENCE].median
-            r = ratio(ours, theirs)
-            yield (
-                f"{FUTURES}: memory per watched child (peak RSS Δ / n at n={big}) ≤ {MEMORY_LIMIT:g}× the floor's{note}",
-                r <= MEMORY_LIMIT,
-                f"{fmt_bytes(ours)} / {fmt_bytes(theirs)} = {fmt_ratio(r)}",
-            )
+        small, big = self.sizes[0], self.sizes[-1]
+        note = self._sizes_note(small, big)
+        yield from self._at_largest(
+            f"{FUTURES}: drain of n={big} deaths ≤ {DRAIN_LIMIT:g}× the floor{note}",
+            self.burst[big],
+            DRAIN_LIMIT,
+            fmt_time_spread,
+        )
+        yield from self._growth_target(FUTURES, FUTURES_GROWTH_LIMIT, "cost per death stays flat")
+        yield from self._growth_target(THREADS, THREADS_GROWTH_LIMIT, "time grows at most linearly")
+        yield from self._at_largest(
+            f"{FUTURES}: memory per watched child (peak RSS Δ / n at n={big}) ≤ {MEMORY_LIMIT:g}× the floor's{note}",
+            self.burst_rss_per_child[big],
+            MEMORY_LIMIT,
+            lambda s: fmt_bytes(s.median),
+        )
 
-    def _growth_target(self, name: str, limit: float, what: str, note: str) -> Iterator[Verdict]:
-        k = self.growth_exponent(name)
-        if math.isnan(k):
+    def _at_largest(
+        self, what: str, figures: dict[str, Spread], limit: float, fmt: Callable[[Spread], str]
+    ) -> Iterator[Verdict]:
+        """Futures against the floor at the largest burst: a ratio of medians ≤ limit."""
+        group = f"burst/{self.sizes[-1]}"
+        ours, floor = figures.get(FUTURES), figures.get(REFERENCE)
+        if ours and floor:
+            r = ratio(ours.median, floor.median)
+            yield what, r <= limit, f"{fmt(ours)} / {fmt(floor)} = {fmt_ratio(r)}"
+        elif self._planned(FUTURES, group) and self._planned(REFERENCE, group):
+            yield what, None, f"no figures at {group}: see Failures"
+
+    def _growth_target(self, name: str, limit: float, what: str) -> Iterator[Verdict]:
+        k, span = self.growth_exponent(name), self.span(name)
+        if span is None or math.isnan(k):
+            if len(self.sizes) >= 2 and self._planned(name, f"burst/{self.sizes[-1]}"):
+                yield (
+                    f"{name}: {what}, growth exponent ≤ {limit:g}",
+                    None,
+                    f"no figures at two burst sizes of {self.sizes}: see Failures",
+                )
             return
         low, high = self.exponent_bounds(name)
-        small, big = self.sizes[0], self.sizes[-1]
+        small, big = span
+        note = self._sizes_note(small, big)
         # Met if the median's exponent is within the limit, or if the quartiles
         # cannot tell it from the limit (then said so): one noisy round at either
         # size must not decide the verdict, nor hide a real excess.
@@ -681,5 +719,7 @@ def _fmt_exponent(k: float) -> str:
     return "-" if math.isnan(k) else f"{k:.2f}"
 
 
-def _verdict(met: bool) -> str:
+def _verdict(met: bool | None) -> str:
+    if met is None:
+        return "**not measured**"
     return "**met**" if met else "**NOT met**"

@@ -10,6 +10,7 @@ Prints one JSON object on stdout: the workload's result, or {"error": ...}.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -52,7 +53,13 @@ def _warm_up(contender: Contender) -> None:
 
 
 def _failure(exc: BaseException) -> dict[str, str]:
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        # Say which limit bound: the usual cause is a hard limit this process
+        # could not raise (no CAP_SYS_RESOURCE), not a leak.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        error += f" (RLIMIT_NOFILE {soft}/{hard}, {len(os.listdir('/proc/self/fd'))} fds open)"
+    return {"error": error, "traceback": traceback.format_exc()}
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
