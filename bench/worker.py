@@ -58,7 +58,7 @@ def _failure(exc: BaseException) -> dict[str, str]:
         # Say which limit bound: the usual cause is a hard limit this process
         # could not raise (no CAP_SYS_RESOURCE), not a leak.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        error += f" (RLIMIT_NOFILE {soft}/{hard}, {len(os.listdir('/proc/self/fd'))} fds open)"
+        error += f" (RLIMIT_NOFILE soft/hard {soft}/{hard})"
     return {"error": error, "traceback": traceback.format_exc()}
 
 
