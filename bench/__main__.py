@@ -92,8 +92,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--burst-sizes",
         type=_sizes,
-        help="live children for the burst, e.g. 1000,10000 (default 250,1000); contenders with a thread "
-        "per child that issue 11 does not judge (Popen.*, asyncio) are left out above 2000",
+        help="live children for the burst, e.g. 1000,10000 (default 250,1000); the contenders with a "
+        "thread per child that issue 11 does not judge there (Popen.*, asyncio, syncmon.Popen) are left "
+        "out above 2000 (--list)",
     )
     p.add_argument("--idle-children", type=int, help="children sleeping in the idle-CPU trial (default 50)")
     p.add_argument("--contenders", type=_names(list(CONTENDERS)), help="comma separated subset (see --list)")
@@ -157,7 +158,9 @@ def list_contenders(runnable: list[str], skipped: dict[str, str]) -> None:
     for name, cls in CONTENDERS.items():
         status = "ok" if name in runnable else f"SKIP ({skipped[name]})"
         extra = "" if name in DEFAULT else "  (not run by default)"
-        print(f"{name:<18} {status:<6} {cls.how}{extra}")
+        only = ",".join(w for w in WORKLOADS if w in cls.workloads)
+        limit = f", burst n ≤ {cls.max_burst}" if cls.max_burst is not None else ""
+        print(f"{name:<18} {status:<6} {cls.how}{extra}\n{'':<25} workloads: {only}{limit}")
 
 
 def measure(args: argparse.Namespace, argv: list[str], config: Config, skipped: dict[str, str]) -> Measured:
