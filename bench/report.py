@@ -589,7 +589,8 @@ class Report:
                 self.burst_time_table(),
                 "",
                 f"Cost at n={self.sizes[-1]} (medians): peak RSS minus RSS before spawning (and per child: "
-                "a handle with its pidfd and future, for syncmon.future); CPU of the whole "
+                "a handle with its pidfd and future, for syncmon.future; a few MiB of it are fixed, so the "
+                "per-child figure means something only at thousands of children); CPU of the whole "
                 "process per second while all children sit alive and every waiter is blocked; CPU from the "
                 "release to the last death seen.",
                 "",
