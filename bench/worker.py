@@ -65,7 +65,12 @@ def _failure(exc: BaseException) -> dict[str, str]:
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     contender = CONTENDERS[spec["contender"]]()
     workload = WORKLOADS[spec["workload"]]
-    contender.open()
+    try:
+        # A contender whose machinery cannot start here (a fork server without
+        # clone3, a monitor at EMFILE) is a failed trial, reported like any other.
+        contender.open()
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc)
     try:
         _warm_up(contender)
         result = workload(contender, **spec["params"])
