@@ -1,8 +1,9 @@
 """``python -m bench``: compare syncmon with the other ways to wait for children.
 
-Judges the targets of issue 11 in one run.  The default run (< 25 min on 2 cores)
-covers every target but the 10,000-children burst; ``--many`` is that burst, a
-separate run (about 10-15 min here).  The full issue-11 measurement is both.
+Judges the targets of issue 11 in one run.  The default run (about 3 min on 2
+cores, well under 25) covers every target but the 10,000-children burst;
+``--many`` is that burst, a separate run (about 5 min here, longer under load).
+The full issue-11 measurement is both.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="issue 11's many-children run: burst only, n=1000,10000, 3 rounds, for "
         + ", ".join(MANY["contenders"])
-        + " (each overridable by its own option; ~10-15 min here)",
+        + " (each overridable by its own option; ~5 min here, longer under load)",
     )
     p.add_argument("--rounds", type=int, help="rounds for every workload (default: per workload)")
     p.add_argument(

@@ -709,7 +709,9 @@ def fmt_bytes(value: float) -> str:
         return "-"
     if value >= 2**20:
         return f"{value / 2**20:.1f} MiB"
-    return f"{value / 2**10:.1f} KiB"
+    if value >= 2**10:
+        return f"{value / 2**10:.1f} KiB"
+    return f"{value:.0f} B"
 
 
 def _median(spreads: dict[str, Spread], name: str, fmt: Callable[[float], str]) -> str:
