@@ -7,6 +7,7 @@ once (in ``bench.workloads``) and is the same for all:
             and return, per pid, the ``time.monotonic()`` instant at which the *waiter*
             (the user's code, not some helper thread) learned of the death.
 ``stream``  spawn-and-reap ``total`` short children with at most ``in_flight`` alive.
+``sequential``  spawn one child and wait for it, ``n`` times, in the calling thread.
 
 Contenders differ only in how they spawn and how they wait.  They come in three
 shapes, each a base class here: one thread blocked per child (``ThreadedContender``),
@@ -37,9 +38,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 __all__ = [
     "CONTENDERS",
     "DEFAULT",
+    "FORKSERVER",
     "BASELINE",
     "REFERENCE",
     "POLLER",
+    "SEQUENTIAL_BASE",
     "Contender",
     "OnReady",
     "Seen",
@@ -56,6 +59,10 @@ Seen = dict[int, float]
 # A waiter with a timeout must be given one; this one never expires in a trial.
 _LONG_TIMEOUT = 3600.0
 
+# The workloads a contender runs unless its class says otherwise.  "sequential" is
+# opt-in: issue 11 compares only a few ways of running one child at a time.
+_USUAL = frozenset({"latency", "throughput", "burst", "idle"})
+
 
 @dataclass(frozen=True)
 class Stdio:
@@ -71,6 +78,11 @@ class Contender(ABC):
     name: ClassVar[str]
     # One line for the report: how it spawns and how it waits.
     how: ClassVar[str]
+    # The workloads this contender is measured in.
+    workloads: ClassVar[frozenset[str]] = _USUAL
+    # The largest burst it is run at (None: any): past it a contender would only
+    # measure how badly n blocked threads sleep-poll or start, for many minutes.
+    max_burst: ClassVar[int | None] = None
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -103,6 +115,10 @@ class Contender(ABC):
     @abstractmethod
     def stream(self, argv: Sequence[str], total: int, in_flight: int, stdio: Stdio) -> None:
         """Spawn and reap ``total`` children, never more than ``in_flight`` alive."""
+
+    def sequential(self, argv: Sequence[str], n: int, stdio: Stdio) -> None:
+        """Spawn one child and wait for it, ``n`` times over."""
+        self.stream(argv, n, 1, stdio)
 
 
 # --------------------------------------------------------------------------- threads
@@ -204,6 +220,12 @@ class ThreadedContender(Contender, Generic[C]):
             threads.start(worker)
         threads.join()
 
+    def sequential(self, argv: Sequence[str], n: int, stdio: Stdio) -> None:
+        # In the calling thread, as a program that runs one command after another
+        # does: stream(in_flight=1) would add a thread hand-off nobody writes.
+        for _ in range(n):
+            self.wait(self.spawn(argv, stdio))
+
 
 class _PopenContender(ThreadedContender[subprocess.Popen[bytes]]):
     def spawn(self, argv: Sequence[str], stdio: Stdio) -> subprocess.Popen[bytes]:
@@ -216,6 +238,7 @@ class _PopenContender(ThreadedContender[subprocess.Popen[bytes]]):
 class PopenPolling(_PopenContender):
     name = "Popen.wait(t)"
     how = "subprocess.Popen; Popen.wait(timeout=...) per thread (CPython sleep-polls, <=50 ms)"
+    max_burst = 2000  # n threads sleep-polling: minutes of GIL contention at 10,000
 
     def wait(self, child: subprocess.Popen[bytes]) -> None:
         child.wait(timeout=_LONG_TIMEOUT)
@@ -224,6 +247,8 @@ class PopenPolling(_PopenContender):
 class PopenBlocking(_PopenContender):
     name = "Popen.wait()"
     how = "subprocess.Popen; Popen.wait() per thread (blocking waitpid)"
+    workloads = _USUAL | {"sequential"}
+    max_burst = 2000  # one thread per child, like syncmon.wait, but not in the issue-11 set
 
     def wait(self, child: subprocess.Popen[bytes]) -> None:
         child.wait()
@@ -257,6 +282,7 @@ class _SyncmonMonitor:
 class SyncmonWait(_SyncmonMonitor, ThreadedContender[Any]):
     name = "syncmon.wait"
     how = "Monitor.spawn; ChildHandle.wait() per thread"
+    workloads = _USUAL | {"sequential"}
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -278,12 +304,46 @@ class SyncmonWaitSignalfd(SyncmonWait):
     name = "syncmon.wait/sigfd"
     how = "Monitor(pidfd=False).spawn; ChildHandle.wait() per thread (signalfd only)"
     pidfd = False
+    workloads = _USUAL
+
+
+class SyncmonForkServer(SyncmonWait):
+    # Spawning through the server moves clone+exec off the caller's core; the waits
+    # are syncmon.wait's, so only the workloads that spawn in the timed window run.
+    name = "syncmon.forkserver"
+    how = "ForkServer(monitor=...).spawn, server started before the trial; ChildHandle.wait() per thread"
+    workloads = frozenset({"throughput", "sequential"})
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return _syncmon_missing("ForkServer")
+
+    def open(self) -> None:
+        import syncmon
+
+        super().open()
+        try:
+            self._server = syncmon.ForkServer(monitor=self._mon)
+        except BaseException:
+            self._mon.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._server.close()
+        finally:
+            super().close()
+
+    def spawn(self, argv: Sequence[str], stdio: Stdio) -> Any:
+        return self._server.spawn(list(argv), stdin=stdio.stdin, stdout=stdio.stdout)
 
 
 class SyncmonPopen(_SyncmonMonitor, ThreadedContender[Any]):
     # Same call as PopenPolling, so the two rows compare the drop-in replacement.
     name = "syncmon.Popen"
     how = "Monitor.popen / syncmon.Popen; .wait(timeout=...) per thread"
+    workloads = _USUAL | {"sequential"}
+    max_burst = 2000  # issue 11's many-children targets do not judge it
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -381,6 +441,7 @@ class PidfdEpoll(EventContender[_PidfdChild]):
 
     name = "pidfd+epoll"
     how = "os.posix_spawn; os.pidfd_open + select.epoll + os.waitid(P_PIDFD), one thread"
+    workloads = _USUAL | {"sequential"}
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -492,6 +553,7 @@ class _Asyncio(Contender):
 class AsyncioDefault(_Asyncio):
     name = "asyncio"
     how = "create_subprocess_exec; default watcher (3.11: ThreadedChildWatcher, thread per child)"
+    max_burst = 2000  # a watcher thread per child, not in the issue-11 set
 
 
 class AsyncioPidfd(_Asyncio):
@@ -525,6 +587,7 @@ CONTENDERS: dict[str, type[Contender]] = {
         PopenBlocking,
         PopenPolling,
         SyncmonWaitSignalfd,
+        SyncmonForkServer,
     )
 }
 # What ``python -m bench`` runs unless told otherwise.
@@ -532,6 +595,8 @@ DEFAULT = [name for name in CONTENDERS if name != SyncmonWaitSignalfd.name]
 BASELINE = SyncmonWait.name  # ratios in the report are "x this"
 REFERENCE = PidfdEpoll.name  # best one can do in pure Python
 POLLER = PopenPolling.name  # what syncmon replaces
+SEQUENTIAL_BASE = PopenBlocking.name  # what one child at a time is judged against
+FORKSERVER = SyncmonForkServer.name
 
 
 def available() -> tuple[list[str], dict[str, str]]:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.contenders import CONTENDERS
+
 # The directory holding the ``bench`` package: workers run with it as cwd, so that
 # ``python -m bench.worker`` and ``import syncmon`` resolve as they do for us.
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,8 @@ class Config:
     throughput_rounds: int = 5
     children: int = 300
     in_flight: int = 16
+    sequential_rounds: int = 5
+    sequential_children: int = 300
     burst_rounds: int = 3
     burst_sizes: tuple[int, ...] = (250, 1000)
     burst_settle_s: float = 0.3
@@ -79,6 +83,8 @@ def _groups(config: Config, workload: str, round_: int) -> Iterator[tuple[str, d
         )
     elif workload == "throughput" and round_ < config.throughput_rounds:
         yield "throughput", {"total": config.children, "in_flight": config.in_flight}
+    elif workload == "sequential" and round_ < config.sequential_rounds:
+        yield "sequential", {"n": config.sequential_children}
     elif workload == "burst" and round_ < config.burst_rounds:
         for n in config.burst_sizes:
             yield f"burst/{n}", {"n": n, "settle": config.burst_settle_s}
@@ -86,15 +92,31 @@ def _groups(config: Config, workload: str, round_: int) -> Iterator[tuple[str, d
         yield "idle", {"n": config.idle_children, "lifetime": config.idle_lifetime_s}
 
 
+def runs(contender: str, workload: str, params: dict[str, Any]) -> bool:
+    """Whether ``contender`` is measured in this workload with these parameters."""
+    cls = CONTENDERS[contender]
+    if workload not in cls.workloads:
+        return False
+    return not (workload == "burst" and cls.max_burst is not None and params["n"] > cls.max_burst)
+
+
 def plan(config: Config) -> list[Trial]:
-    rounds = max(config.latency_rounds, config.throughput_rounds, config.burst_rounds, config.idle_rounds)
+    rounds = max(
+        config.latency_rounds,
+        config.throughput_rounds,
+        config.sequential_rounds,
+        config.burst_rounds,
+        config.idle_rounds,
+    )
     trials: list[Trial] = []
     k = len(config.contenders)
     for round_ in range(rounds):
         order = config.contenders[round_ % k :] + config.contenders[: round_ % k]
         for workload in config.workloads:
             for group, params in _groups(config, workload, round_):
-                trials.extend(Trial(workload, group, name, round_, params) for name in order)
+                trials.extend(
+                    Trial(workload, group, name, round_, params) for name in order if runs(name, workload, params)
+                )
     return trials
 
 

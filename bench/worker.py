@@ -10,6 +10,7 @@ Prints one JSON object on stdout: the workload's result, or {"error": ...}.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -23,10 +24,23 @@ from bench.contenders import CONTENDERS, Contender
 from bench.workloads import WORKLOADS, devnull_stdio, resolve
 
 
-def _raise_fd_limit() -> None:
-    # Pidfd-based contenders hold one fd per live child; a few thousand children
-    # must not hit a soft limit of 1024.  Only this process's soft limit changes.
+def _raise_fd_limit(children: int) -> None:
+    """Let a trial hold a few fds per live child (pidfds, a blocked waiter's fd).
+
+    The soft limit goes up to the hard one.  A burst of 10,000 children waited
+    in threads holds two fds per child under syncmon (its pidfd and one per
+    blocked wait()), past a hard limit of 20,000: then, and only when root
+    (CAP_SYS_RESOURCE), the hard limit of this process (and of the children it
+    spawns, which inherit it) goes up too.  Nothing machine-wide changes.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 3 * children + 1024
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return
+        except (ValueError, OSError):
+            pass  # not privileged: the trial meets EMFILE and reports it as its failure
     if hard == resource.RLIM_INFINITY or soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -39,13 +53,24 @@ def _warm_up(contender: Contender) -> None:
 
 
 def _failure(exc: BaseException) -> dict[str, str]:
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        # Say which limit bound: the usual cause is a hard limit this process
+        # could not raise (no CAP_SYS_RESOURCE), not a leak.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        error += f" (RLIMIT_NOFILE soft/hard {soft}/{hard})"
+    return {"error": error, "traceback": traceback.format_exc()}
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     contender = CONTENDERS[spec["contender"]]()
     workload = WORKLOADS[spec["workload"]]
-    contender.open()
+    try:
+        # A contender whose machinery cannot start here (a fork server without
+        # clone3, a monitor at EMFILE) is a failed trial, reported like any other.
+        contender.open()
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc)
     try:
         _warm_up(contender)
         result = workload(contender, **spec["params"])
@@ -62,7 +87,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
-    _raise_fd_limit()
+    _raise_fd_limit(int(spec["params"].get("n", 0)))
     started = time.monotonic()
     result = run_trial(spec)
     result["worker_s"] = time.monotonic() - started

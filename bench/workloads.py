@@ -1,4 +1,4 @@
-"""The four workloads, written once against ``Contender``.
+"""The five workloads, written once against ``Contender``.
 
 Each runs inside a fresh worker process (see ``bench.worker``) and returns plain data.
 Every timed event is caused by a *driver* thread that the workload starts through
@@ -158,6 +158,23 @@ def throughput(contender: Contender, total: int, in_flight: int) -> Result:
     return {"per_s": total / elapsed, "elapsed_s": elapsed, "cpu_per_child_s": cpu / total}
 
 
+# --------------------------------------------------------------------- sequential
+
+
+def sequential(contender: Contender, n: int) -> Result:
+    """Parent CPU per child when children run one at a time: spawn ``true``, wait, ``n`` times.
+
+    process_time() sums every thread of this process, so a contender's helper
+    threads (a monitor, a fork server's reader) are billed too; the fork server
+    process itself is not, which is the point of it, and the report says so.
+    """
+    with devnull_stdio() as stdio:
+        cpu0, t0 = time.process_time(), time.monotonic()
+        contender.sequential([resolve("true")], n, stdio)
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    return {"cpu_per_child_s": cpu / n, "wall_per_child_s": elapsed / n}
+
+
 # -------------------------------------------------------------------------- (c) burst
 
 
@@ -232,6 +249,7 @@ def idle(contender: Contender, n: int, lifetime: float) -> Result:
 WORKLOADS: dict[str, Callable[..., Result]] = {
     "latency": latency,
     "throughput": throughput,
+    "sequential": sequential,
     "burst": burst,
     "idle": idle,
 }
