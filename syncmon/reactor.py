@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import threading
+import time
 from typing import Callable, Iterator
 
 from .signalfd import SignalFD, threads_not_blocking
@@ -46,6 +47,7 @@ class Reactor:
         # Reads /proc (one descriptor, closed again): done before anything
         # exists that a failure here would have to undo.
         self._lossy = threads_not_blocking() > 0
+        self._next_rescue = 0.0  # monotonic time of the next look for a lost SIGCHLD
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         signals: SignalFD | None = None
         epoll: select.epoll | None = None
@@ -201,8 +203,28 @@ class Reactor:
 
     def _poll_timeout(self) -> float:
         if self._lossy and self._sigchld_interest > 0:
-            return RESCUE_INTERVAL
+            return max(0.0, self._next_rescue - time.monotonic())
         return -1
+
+    def _rescue_due(self) -> bool:
+        """Whether the look for a lost SIGCHLD is due (rule 1), and if so, schedule the next.
+
+        On a clock of its own, not only when epoll times out: a stream of
+        other events (pidfds, a cgroup's changes) arriving more often than
+        every 50 ms would otherwise put it off forever, and a child without a
+        pidfd whose SIGCHLD was lost would stay a zombie.
+        """
+        if not (self._lossy and self._sigchld_interest > 0):
+            return False
+        now = time.monotonic()
+        if now < self._next_rescue:
+            return False
+        self._next_rescue = now + RESCUE_INTERVAL
+        try:
+            self._lossy = threads_not_blocking() > 0
+        except OSError:
+            pass  # EMFILE, ENOMEM: /proc cannot be read now; stay lossy and look again later
+        return True
 
     def _run(self) -> None:
         try:
@@ -214,7 +236,7 @@ class Reactor:
 
     def _step(self) -> None:
         events = self._epoll.poll(self._poll_timeout())
-        sigchld = not events  # a rescue tick stands in for a SIGCHLD that may be lost
+        sigchld = self._rescue_due()  # a rescue look stands in for a SIGCHLD that may be lost
         ready: list[int] = []
         for fd, _ in events:
             if fd == self._signals.fd:
@@ -227,8 +249,6 @@ class Reactor:
                     sigchld = True
             else:
                 ready.append(fd)
-        if not events:
-            self._lossy = threads_not_blocking() > 0
         if self._stopping:
             return
         if sigchld or ready:
