@@ -258,8 +258,8 @@ class Watch:
         monotonic clock (``None``: no limit).  Nothing here sleeps-and-looks: the
         thread sleeps until the kernel or the monitor says that something changed."""
         if not options & STOP_KINDS:
-            # A child that is already dead needs no poll set-up (a dup, and the
-            # monitor's epoll touched twice): look first.
+            # A child that is already dead needs no poll set-up (the monitor's
+            # epoll touched twice): look first.
             state = self.state_now(options)
             if state is not None:
                 return state
@@ -356,7 +356,9 @@ class Watch:
         def sleep(_: object, seconds: float) -> object:
             return poller.poll(math.ceil(seconds * 1000))
 
-        return self._wait_loop(options, deadline, describe_timeout, lambda: None, sleep)
+        # The caller has just looked: a death since then leaves the pidfd
+        # readable, so sleeping first loses nothing and saves a waitid.
+        return self._wait_loop(options, deadline, describe_timeout, lambda: None, sleep, looked=True)
 
     def _wait_loop(
         self,
@@ -365,13 +367,18 @@ class Watch:
         describe_timeout: Callable[[], str],
         mark: Callable[[], object],
         sleep: Callable[[object, float], object],
+        *,
+        looked: bool = False,
     ) -> ChildState:
-        """Ask the kernel; if nothing yet, sleep until ``mark()``'s moment is past."""
+        """Ask the kernel; if nothing yet, sleep until ``mark()``'s moment is past.
+        ``looked``: the caller asked already, so the first round only sleeps."""
         while True:
             moment = mark()
-            state = self.state_now(options)
-            if state is not None:
-                return state
+            if not looked:
+                state = self.state_now(options)
+                if state is not None:
+                    return state
+            looked = False
             if deadline is None:
                 remaining = _LONGEST_SLEEP
             else:
