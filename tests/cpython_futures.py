@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import types
 import unittest
 
@@ -68,6 +69,18 @@ def flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
 def main(mode: str) -> None:
     if mode == "syncmon":
         import syncmon
+
+        # The monitor starts in a thread of its own, so that SIGCHLD stays
+        # unblocked in this one.  The tests start children with other tools
+        # from here (multiprocessing's fork server for their Manager,
+        # Semaphore and Queue; subprocess for their interpreter-exit
+        # scripts), and those would inherit syncmon's block (README,
+        # "Children started with other tools"): that fork server then never
+        # reaps its children, and a Manager's shutdown waits for its dead
+        # process forever.  That is what hung this runner after ~17 tests.
+        starter = threading.Thread(target=syncmon.default_monitor)
+        starter.start()
+        starter.join()
 
         concurrent.futures.ProcessPoolExecutor = syncmon.ProcessPoolExecutor  # type: ignore[misc]
     elif mode != "plain":
