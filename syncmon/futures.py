@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
@@ -220,33 +221,38 @@ def _run_stranded() -> bool:
     return False
 
 
-def wait_serving(future: Future[Any]) -> None:
-    """Wait until ``future`` is done, running here the callbacks that found no thread.
+def wait_serving(future: Future[Any], timeout: float | None = None) -> bool:
+    """Wait until ``future`` is done (False after ``timeout`` seconds), running
+    here, meanwhile, the callbacks that found no thread.
 
-    For the main thread at interpreter exit, waiting for syncmon's own work
-    (a ``ProcessPoolExecutor`` ending its workers): on CPython 3.12 no thread
-    can be started then, so a child's death callback would wait forever in
-    its runner, and so would whoever waits for what the callback finishes
-    (a process tree's end).  ``future`` must be a plain ``Future``, whose
-    callbacks run in the thread that resolves it.
+    For a thread that waits for syncmon's own work and holds no syncmon lock
+    (the main thread at interpreter exit; a pool's I/O thread waiting for
+    its workers' trees).  When no thread can be started (always at exit on
+    CPython 3.12, or at a thread limit) a child's death callback would
+    otherwise wait forever in its runner, and so would whoever waits for
+    what the callback finishes (a process tree's end).  ``future`` is a plain
+    ``Future`` (its callbacks run in the resolving thread) or an
+    :class:`OwnedFuture` (its notifiers do).
     """
-    future.add_done_callback(lambda _: _note_stranded())
+    if isinstance(future, OwnedFuture):
+        future.add_done_notifier(lambda _: _note_stranded())
+    else:
+        future.add_done_callback(lambda _: _note_stranded())
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         with _stranded:
             seen = _strandings
         if future.done():
-            return
+            return True
         if _run_stranded():
             continue
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
         with _stranded:
             # An announcement since `seen` (a new stranded callback, or the
             # future's end) makes this return at once: none is missed.
-            _stranded.wait_for(lambda: _strandings != seen)
-
-
-os.register_at_fork(after_in_child=_reset_runners_in_child)
-# The hook concurrent.futures.thread uses for the same purpose; private, hence looked up.
-getattr(threading, "_register_atexit", lambda _: None)(_drain_runners)
+            _stranded.wait_for(lambda: _strandings != seen, remaining)
 
 
 class DeferringFuture(Future[_T]):

@@ -540,11 +540,12 @@ def _reap(worker: _Worker, deadline: float) -> None:
         worker.kill_tree()
         worker.handle.wait()
     if worker.handle.tree is not None:
-        try:
-            worker.handle.tree.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+        # The tree ends through a death callback: serve it here if no
+        # callback thread can be started (at exit on 3.12, at a thread limit).
+        done = worker.handle.tree.future
+        if not wait_serving(done, max(0.0, deadline - time.monotonic())):
             worker.kill_tree()
-            worker.handle.tree.wait()
+            wait_serving(done)
 
 
 def _state_of(handle: ChildHandle) -> ChildState | None:

@@ -81,6 +81,10 @@ def main(mode: str) -> None:
         starter = threading.Thread(target=syncmon.default_monitor)
         starter.start()
         starter.join()
+        # Each test's tearDown (threading_cleanup) retries until the thread
+        # count is back to where it was; syncmon's idle callback threads
+        # would linger 5 s, and every test would wait out that check.
+        syncmon.futures.CALLBACK_IDLE_SECONDS = 0.1
 
         concurrent.futures.ProcessPoolExecutor = syncmon.ProcessPoolExecutor  # type: ignore[misc]
     elif mode != "plain":
@@ -91,6 +95,8 @@ def main(mode: str) -> None:
         module.setUpModule()
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(unittest.TestSuite(tests))
     failed = sorted({test.id() for test, _ in result.failures + result.errors})
+    # On a line of its own: the tests print their durations without a newline.
+    print()
     print(json.dumps({"mode": mode, "run": result.testsRun, "skipped": len(result.skipped), "failed": failed}))
 
 
