@@ -24,6 +24,7 @@ import os
 import signal
 import statistics
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -96,6 +97,15 @@ def main() -> None:
     parser.add_argument("--tiny", type=int, default=2000)
     parser.add_argument("--big", type=int, default=200)
     args = parser.parse_args()
+    # syncmon's monitor starts in a thread of its own, so that SIGCHLD stays
+    # unblocked in this one: the stdlib pools start their processes from
+    # here, and multiprocessing's fork server would inherit syncmon's block
+    # (README, "Children started with other tools"), never reap a killed
+    # worker, and its pool's shutdown would wait for it forever (what hung
+    # this benchmark's full run).
+    starter = threading.Thread(target=syncmon.default_monitor)
+    starter.start()
+    starter.join()
     names = ["syncmon", "fork", "forkserver", "spawn"]
     measures: dict[str, Callable[[str], float]] = {
         "first result (ms)": lambda n: 1000 * first_result(n, args.workers),

@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import traceback
+from multiprocessing.process import current_process
 from typing import Any, Callable, Iterable, Sequence
 
 HEADER = struct.Struct("!Q")
@@ -37,19 +38,13 @@ def frame(message: object) -> bytes:
 
 # --- exceptions that carry their traceback across -----------------------------------
 
-class RemoteTraceback(Exception):
-    """The ``__cause__`` of an exception raised in a worker: its traceback there."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def _rebuild(error: BaseException, text: str) -> BaseException:
-    error.__cause__ = RemoteTraceback(text)
+    """Runs in the pool's process, at unpickling.  The cause is the stdlib's own
+    ``_RemoteTraceback`` (its text in ``.tb``), so that code written for the
+    stdlib pool reads it as it always did."""
+    from concurrent.futures.process import _RemoteTraceback
+
+    error.__cause__ = _RemoteTraceback(text)  # type: ignore[arg-type]  # typeshed says a traceback; the stdlib passes this text
     return error
 
 
@@ -134,16 +129,39 @@ def _load_main(main: tuple[str | None, str | None]) -> None:
 
 
 def serve(address: bytes, token: bytes, new_session: bool, main: tuple[str | None, str | None],
-          initializer: Callable[..., object] | None, initargs: Iterable[Any],
+          authkey: bytes, initializer: Callable[..., object] | None, initargs: Iterable[Any],
           max_tasks: int | None) -> None:
     """The worker's life: connect, say who we are, initialize, run tasks until
-    the pool closes its end or ``max_tasks`` are done; then return (exit 0)."""
+    the pool closes its end or ``max_tasks`` are done; then return (exit 0).
+
+    A pool that went away meanwhile (it shut down while we started) shows as
+    a refused connection or a broken pipe: nobody is left to tell, so the
+    worker just exits."""
     if new_session:
         # Without a cgroup, the worker's tree is its session (see ProcTree).
         os.setsid()
+    # multiprocessing's children share their parent's authkey, and its
+    # Manager proxies (passed as arguments) authenticate with it.
+    current_process().authkey = authkey
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(address)
-    sock.sendall(token)
+    try:
+        sock.connect(address)
+        sock.sendall(token)
+        _initialize(sock, main, initializer, initargs)
+        done = 0
+        while max_tasks is None or done < max_tasks:
+            message = _recv(sock)
+            if message is None:
+                return  # the pool is done with us
+            task_id, call = message
+            sock.sendall(_run_task(task_id, call))
+            done += 1
+    except (ConnectionRefusedError, BrokenPipeError, ConnectionResetError):
+        return
+
+
+def _initialize(sock: socket.socket, main: tuple[str | None, str | None],
+                initializer: Callable[..., object] | None, initargs: Iterable[Any]) -> None:
     try:
         _load_main(main)
         if initializer is not None:
@@ -152,14 +170,6 @@ def serve(address: bytes, token: bytes, new_session: bool, main: tuple[str | Non
         sock.sendall(frame((INIT_FAILED, traceback.format_exc())))
         sys.exit(1)
     sock.sendall(frame((READY,)))
-    done = 0
-    while max_tasks is None or done < max_tasks:
-        message = _recv(sock)
-        if message is None:
-            return  # the pool is done with us
-        task_id, call = message
-        sock.sendall(_run_task(task_id, call))
-        done += 1
 
 
 def _run_task(task_id: int, call: bytes) -> bytes:

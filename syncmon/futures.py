@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import Future
@@ -65,8 +66,12 @@ class CallbackRunner:
 
     At interpreter exit the callbacks already queued are waited for (a
     callback that never returns holds exit back, as with
-    ``ThreadPoolExecutor``); one queued after that point finds no thread
-    and is logged instead.
+    ``ThreadPoolExecutor``).  On CPython 3.12 no thread at all can be
+    started once exit has begun (gh-104690), so a callback queued then is
+    *stranded*: the main thread runs it, in :func:`wait_serving` (what
+    exit-time code that waits for syncmon's work calls) or at the latest
+    after the runners are drained.  The main thread holds no syncmon lock
+    there, so that is safe where the resolving thread would not be.
     """
 
     def __init__(self) -> None:
@@ -93,10 +98,14 @@ class CallbackRunner:
                 # rechecks the queue once it wakes.
                 self._work.notify()
                 return
-            self._start_thread()
+            stranded = not self._start_thread()
+        if stranded:
+            # After our lock is released: wait_serving takes _stranded, then ours.
+            _note_stranded()
 
-    def _start_thread(self) -> None:
-        """With the lock held: one more thread for the queue."""
+    def _start_thread(self) -> bool:
+        """With the lock held: one more thread for the queue.  False when the
+        queue is left with no thread at all (the callbacks are stranded)."""
         thread = threading.Thread(target=self._serve, name="syncmon-callback", daemon=True)
         try:
             thread.start()
@@ -104,11 +113,20 @@ class CallbackRunner:
             if self._threads:
                 _logger.warning("no new callback thread (%s): %d callback(s) wait for a busy one",
                                 error, len(self._queue))
-            else:
-                _logger.error("no callback thread can be started (%s): %d callback(s) wait for "
-                              "the next callback", error, len(self._queue))
-            return
+                return True
+            # At exit (threading's own flag, set before its exit hooks run) the
+            # main thread runs them: expected on 3.12, not worth an error.
+            level = logging.DEBUG if getattr(threading, "_SHUTTING_DOWN", False) else logging.ERROR
+            _logger.log(level, "no callback thread can be started (%s): %d callback(s) wait for "
+                        "the next callback (at exit: for the main thread)", error, len(self._queue))
+            return False
         self._threads += 1
+        return True
+
+    def _take(self) -> tuple[Callback, Future[Any]] | None:
+        """The next queued callback, for a thread that is not one of ours."""
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
 
     def _serve(self) -> None:
         _block_sigchld()
@@ -170,14 +188,71 @@ def _reset_runners_in_child() -> None:
 def _drain_runners() -> None:
     """At interpreter exit, before non-daemon threads are joined: let the callbacks
     already queued finish, as ``ThreadPoolExecutor`` does (the callback threads
-    are daemons only so that idle ones never hold exit back)."""
+    are daemons only so that idle ones never hold exit back); then run here
+    what is left with no thread (stranded)."""
     for runner in list(_runners):
         runner.drain()
+    while _run_stranded():
+        pass
 
 
-os.register_at_fork(after_in_child=_reset_runners_in_child)
-# The hook concurrent.futures.thread uses for the same purpose; private, hence looked up.
-getattr(threading, "_register_atexit", lambda _: None)(_drain_runners)
+# Stranded callbacks (queued when no callback thread could be started and none
+# was alive) are announced here: _strandings counts the announcements, and
+# wait_serving sleeps on the condition until it changes.  Lock order: this
+# condition is never held while a runner's lock is taken, nor the reverse.
+_stranded = threading.Condition(threading.Lock())
+_strandings = 0
+
+
+def _note_stranded() -> None:
+    global _strandings
+    with _stranded:
+        _strandings += 1
+        _stranded.notify_all()
+
+
+def _run_stranded() -> bool:
+    """Run, in this thread, one callback that waits in any runner; False if none did."""
+    for runner in list(_runners):
+        item = runner._take()
+        if item is not None:
+            CallbackRunner._call(*item)
+            return True
+    return False
+
+
+def wait_serving(future: Future[Any], timeout: float | None = None) -> bool:
+    """Wait until ``future`` is done (False after ``timeout`` seconds), running
+    here, meanwhile, the callbacks that found no thread.
+
+    For a thread that waits for syncmon's own work and holds no syncmon lock
+    (the main thread at interpreter exit; a pool's I/O thread waiting for
+    its workers' trees).  When no thread can be started (always at exit on
+    CPython 3.12, or at a thread limit) a child's death callback would
+    otherwise wait forever in its runner, and so would whoever waits for
+    what the callback finishes (a process tree's end).  ``future`` is a plain
+    ``Future`` (its callbacks run in the resolving thread) or an
+    :class:`OwnedFuture` (its notifiers do).
+    """
+    if isinstance(future, OwnedFuture):
+        future.add_done_notifier(lambda _: _note_stranded())
+    else:
+        future.add_done_callback(lambda _: _note_stranded())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _stranded:
+            seen = _strandings
+        if future.done():
+            return True
+        if _run_stranded():
+            continue
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        with _stranded:
+            # An announcement since `seen` (a new stranded callback, or the
+            # future's end) makes this return at once: none is missed.
+            _stranded.wait_for(lambda: _strandings != seen, remaining)
 
 
 class DeferringFuture(Future[_T]):

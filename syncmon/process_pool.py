@@ -38,12 +38,14 @@ import time
 import weakref
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import current_process
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _cgroup, _pool_worker as wire
 from ._proctree import ProcTree
 from .child import ChildHandle
 from .forkserver import ForkServer
+from .futures import wait_serving
 from .monitor import Monitor, default_monitor
 from .state import ChildState
 from .tree import ProcessTree, CgroupMembers
@@ -167,6 +169,9 @@ class _Pool:
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.hellos: dict[socket.socket, bytearray] = {}  # connections before their token
+        # Resolved when the I/O thread has ended everything (a plain Future: its
+        # callbacks run in that thread, which is what wait_serving needs).
+        self.closed: Future[None] = Future()
         self.thread = threading.Thread(target=self._run, name="syncmon-process-pool", daemon=True)
         self.thread.start()
 
@@ -232,7 +237,10 @@ class _Pool:
             _logger.exception("syncmon.ProcessPoolExecutor: the I/O thread failed")
             self._break(BrokenProcessPool("the pool's I/O thread failed (see the log)"))
         finally:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self.closed.set_result(None)
 
     def _finished(self) -> bool:
         with self._lock:
@@ -484,7 +492,8 @@ class _Pool:
         """A new worker, born in a cgroup of its own where we can make one (so
         that killing "it and everything it started" is one step and sound)."""
         cgroup = _cgroup.available() is True
-        args = (self.address, token, not cgroup, self.main, self.initializer, self.initargs, self.max_tasks)
+        args = (self.address, token, not cgroup, self.main, bytes(current_process().authkey),
+                self.initializer, self.initargs, self.max_tasks)
         if not cgroup:
             return self.server.fork(wire.serve, *args)
         members = CgroupMembers(self.monitor)
@@ -531,11 +540,12 @@ def _reap(worker: _Worker, deadline: float) -> None:
         worker.kill_tree()
         worker.handle.wait()
     if worker.handle.tree is not None:
-        try:
-            worker.handle.tree.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+        # The tree ends through a death callback: serve it here if no
+        # callback thread can be started (at exit on 3.12, at a thread limit).
+        done = worker.handle.tree.future
+        if not wait_serving(done, max(0.0, deadline - time.monotonic())):
             worker.kill_tree()
-            worker.handle.tree.wait()
+            wait_serving(done)
 
 
 def _state_of(handle: ChildHandle) -> ChildState | None:
@@ -664,7 +674,7 @@ class ProcessPoolExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         chunks = super().map(wire.ChunkRunner(fn), _chunks(zip(*iterables), chunksize), timeout=timeout)
-        return (result for chunk in chunks for result in chunk)
+        return _unchunk(chunks)
 
     def kill(self, future: Future[Any]) -> bool:
         """Kill the worker running ``future``, with everything it started.
@@ -689,6 +699,15 @@ class ProcessPoolExecutor(Executor):
         return f"<syncmon.ProcessPoolExecutor max_workers={self._max_workers}>"
 
 
+def _unchunk(chunks: Iterator[list[_T]]) -> Iterator[_T]:
+    """The results one by one, each given up as it is yielded: a result the
+    caller dropped must not live on in our chunk (as in the stdlib's map)."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
+
+
 def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     while True:
         chunk = list(itertools.islice(items, size))
@@ -698,10 +717,18 @@ def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[
 
 
 def _shutdown_all() -> None:
-    """At interpreter exit, before non-daemon threads are joined: finish every pool."""
-    for pool in list(_live_pools):
+    """At interpreter exit, before non-daemon threads are joined: finish every pool.
+
+    The main thread waits with :func:`~syncmon.futures.wait_serving`, not a
+    plain join: the I/O thread waits for its workers' trees, whose end comes
+    through a death callback, and on CPython 3.12 no callback thread can be
+    started at exit; the main thread runs that callback instead.
+    """
+    pools = list(_live_pools)
+    for pool in pools:
         pool.begin_shutdown(False)
-    for pool in list(_live_pools):
+    for pool in pools:
+        wait_serving(pool.closed)
         pool.thread.join()
 
 

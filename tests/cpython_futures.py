@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import types
 import unittest
 
@@ -69,6 +70,22 @@ def main(mode: str) -> None:
     if mode == "syncmon":
         import syncmon
 
+        # The monitor starts in a thread of its own, so that SIGCHLD stays
+        # unblocked in this one.  The tests start children with other tools
+        # from here (multiprocessing's fork server for their Manager,
+        # Semaphore and Queue; subprocess for their interpreter-exit
+        # scripts), and those would inherit syncmon's block (README,
+        # "Children started with other tools"): that fork server then never
+        # reaps its children, and a Manager's shutdown waits for its dead
+        # process forever.  That is what hung this runner after ~17 tests.
+        starter = threading.Thread(target=syncmon.default_monitor)
+        starter.start()
+        starter.join()
+        # Each test's tearDown (threading_cleanup) retries until the thread
+        # count is back to where it was; syncmon's idle callback threads
+        # would linger 5 s, and every test would wait out that check.
+        syncmon.futures.CALLBACK_IDLE_SECONDS = 0.1
+
         concurrent.futures.ProcessPoolExecutor = syncmon.ProcessPoolExecutor  # type: ignore[misc]
     elif mode != "plain":
         raise SystemExit(f"usage: {sys.argv[0]} syncmon|plain")
@@ -78,6 +95,8 @@ def main(mode: str) -> None:
         module.setUpModule()
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(unittest.TestSuite(tests))
     failed = sorted({test.id() for test, _ in result.failures + result.errors})
+    # On a line of its own: the tests print their durations without a newline.
+    print()
     print(json.dumps({"mode": mode, "run": result.testsRun, "skipped": len(result.skipped), "failed": failed}))
 
 
