@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
+import errno
 import os
 import pickle
 import signal
@@ -74,6 +76,12 @@ def fork_grandchildren_then_die(path: str, n: int) -> None:
     with open(path, "w") as f:
         f.write(" ".join(map(str, pids)))
     os._exit(5)
+
+
+def touch_memory(size: int, chunk: int) -> int:
+    """Allocate and write ``size`` bytes (``bytes * n`` fills every page), ``chunk`` at a time."""
+    kept = [b"\x01" * chunk for _ in range(size // chunk)]
+    return len(kept)
 
 
 def fail_initializer() -> None:
@@ -179,6 +187,163 @@ def test_readme_example_kill_a_worker_mid_task(mon, tmp_path):
         else:
             pytest.fail("the killed task did not fail")
         assert [f.result(timeout=30) for f in rest] == [2 * n for n in range(20)]
+
+
+# --- the OOM killer ------------------------------------------------------------------
+
+MEMORY_LIMIT = 64 << 20
+"""Far above a worker's own use after the move (only pages charged from then on
+count), far below what ``touch_memory`` asks for."""
+REMOVE_BOUND = 10.0
+
+
+class MemoryLimit:
+    """A memory limit on one worker, where this machine offers one; ``oom_kills()`` then
+    reads the kernel's count of OOM kills under it (proof that the OOM killer, not
+    somebody else, sent the SIGKILL).
+
+    cgroup v2 first: the worker was born in a cgroup of its own (the pool's tree
+    mechanism), which has ``memory.max`` only if its parent already lists
+    ``memory`` in ``cgroup.subtree_control``.  That is not enabled here: turning it
+    on in the parent would change every sibling cgroup (the parent being ours, or
+    the root), and is impossible while the v1 hierarchy holds the controller.
+    Else a v1 memory cgroup that we create below our own, move the worker into by
+    pid, and remove (moving back whatever is still in it).
+    """
+
+    def __init__(self, pid: int, limit: int) -> None:
+        self.events: str | None = None
+        self.created: str | None = None
+        self.home: str | None = None
+        reasons = [self._try_v2(pid, limit), self._try_v1(pid, limit)]
+        if self.events is None:
+            pytest.skip("no memory limit can be set: " + "; ".join(r for r in reasons if r))
+
+    def _try_v2(self, pid: int, limit: int) -> str | None:
+        from syncmon import _cgroup
+
+        mount = _cgroup.cgroup2_mount()
+        path = _cgroup.own_cgroup(f"/proc/{pid}/cgroup")
+        if mount is None or path is None:
+            return "cgroup v2: no cgroup2 mount or the worker is in none"
+        if path == _cgroup.own_cgroup():
+            return f"cgroup v2: the worker shares our cgroup {path} (no tree cgroups: {_cgroup.available()})"
+        directory = _under(mount, path)
+        if not os.path.exists(os.path.join(directory, "memory.max")):
+            parent = os.path.dirname(directory)
+            offered = _read(os.path.join(parent, "cgroup.controllers")) or "none"
+            enabled = _read(os.path.join(parent, "cgroup.subtree_control")) or "none"
+            return (f"cgroup v2: the worker's cgroup {directory} has no memory.max ({parent} offers "
+                    f"controllers: {offered}; enabled for its children: {enabled})")
+        _write(os.path.join(directory, "memory.max"), limit)
+        if os.path.exists(os.path.join(directory, "memory.swap.max")):
+            _write(os.path.join(directory, "memory.swap.max"), 0)
+        self.events = os.path.join(directory, "memory.events")
+        return None
+
+    def _try_v1(self, pid: int, limit: int) -> str | None:
+        if self.events is not None:
+            return None
+        mount = _v1_memory_mount()
+        own = _v1_memory_cgroup("/proc/self/cgroup")
+        if mount is None or own is None:
+            return "cgroup v1: no memory hierarchy mounted"
+        home = _under(mount, own)
+        created = os.path.join(home, f"syncmon-oom-{os.getpid()}")
+        try:
+            os.mkdir(created)
+        except OSError as error:
+            return f"cgroup v1: cannot create {created}: {error}"
+        self.created, self.home = created, home
+        try:
+            _write(os.path.join(created, "memory.limit_in_bytes"), limit)
+            if os.path.exists(os.path.join(created, "memory.memsw.limit_in_bytes")):
+                _write(os.path.join(created, "memory.memsw.limit_in_bytes"), limit)  # no swapping out of it
+            _write(os.path.join(created, "memory.oom_control"), 0)  # OOM kills on (a child inherits the parent's)
+            _write(os.path.join(created, "cgroup.procs"), pid)
+        except BaseException:
+            self.close()
+            raise
+        self.events = os.path.join(created, "memory.oom_control")
+        return None
+
+    def oom_kills(self) -> int:
+        assert self.events is not None
+        for line in _read(self.events).splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+        raise AssertionError(f"no oom_kill line in {self.events}")
+
+    def close(self) -> None:
+        if self.created is None or self.home is None:
+            return  # v2: the worker's cgroup is the pool's, removed with the worker
+        for pid in _read(os.path.join(self.created, "cgroup.procs")).split():
+            with contextlib.suppress(ProcessLookupError):
+                _write(os.path.join(self.home, "cgroup.procs"), pid)
+        give_up = time.monotonic() + REMOVE_BOUND
+        while True:
+            try:
+                os.rmdir(self.created)
+                return
+            except OSError as error:  # EBUSY while the last exit is finishing
+                if error.errno != errno.EBUSY or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.05)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write(path: str, value: object) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _under(mount: tuple[str, str], cgroup_path: str) -> str:
+    """The directory of ``cgroup_path`` under ``mount`` (its point, and its root in the hierarchy)."""
+    point, root = mount
+    relative = cgroup_path[len(root):] if root != "/" else cgroup_path
+    return os.path.join(point, relative.lstrip("/"))
+
+
+def _v1_memory_mount() -> tuple[str, str] | None:
+    """(mount point, root inside the hierarchy) of the cgroup v1 memory hierarchy."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup" and "memory" in fields[sep + 3].split(","):
+                return fields[4], fields[3]
+    return None
+
+
+def _v1_memory_cgroup(cgroup_file: str) -> str | None:
+    with open(cgroup_file) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "memory" in controllers.split(","):
+                return path
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_an_oom_killed_worker_fails_only_its_task(mon):
+    """The kernel's OOM killer, through a memory limit on the worker, not a SIGKILL of ours."""
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        pid = pool.submit(pid_of_worker).result(timeout=30)
+        limit = MemoryLimit(pid, MEMORY_LIMIT)
+        try:
+            doomed = pool.submit(touch_memory, 4 * MEMORY_LIMIT, 4 << 20)
+            error = doomed.exception(timeout=60)
+            assert isinstance(error, WorkerDied), error
+            assert (error.pid, error.state.code, error.state.status) == (pid, CLD.KILLED, signal.SIGKILL)
+            assert limit.oom_kills() == 1
+        finally:
+            limit.close()
+        assert pool.submit(double, 21).result(timeout=30) == 42
 
 
 # --- kill, timeouts, trees -----------------------------------------------------------
