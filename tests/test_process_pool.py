@@ -207,14 +207,12 @@ class MemoryLimit:
     ``memory`` in ``cgroup.subtree_control``.  That is not enabled here: turning it
     on in the parent would change every sibling cgroup (the parent being ours, or
     the root), and is impossible while the v1 hierarchy holds the controller.
-    Else a v1 memory cgroup that we create below our own, move the worker into by
-    pid, and remove (moving back whatever is still in it).
+    Else a v1 memory cgroup (``V1Cgroup``) that the worker is moved into by pid.
     """
 
     def __init__(self, pid: int, limit: int) -> None:
         self.events: str | None = None
-        self.created: str | None = None
-        self.home: str | None = None
+        self.v1: V1Cgroup | None = None
         reasons = [self._try_v2(pid, limit), self._try_v1(pid, limit)]
         if self.events is None:
             pytest.skip("no memory limit can be set: " + "; ".join(r for r in reasons if r))
@@ -244,27 +242,20 @@ class MemoryLimit:
     def _try_v1(self, pid: int, limit: int) -> str | None:
         if self.events is not None:
             return None
-        mount = _v1_memory_mount()
-        own = _v1_memory_cgroup("/proc/self/cgroup")
-        if mount is None or own is None:
-            return "cgroup v1: no memory hierarchy mounted"
-        home = _under(mount, own)
-        created = os.path.join(home, f"syncmon-oom-{os.getpid()}")
         try:
-            os.mkdir(created)
-        except OSError as error:
-            return f"cgroup v1: cannot create {created}: {error}"
-        self.created, self.home = created, home
+            self.v1 = V1Cgroup("memory")
+        except CgroupV1Unavailable as why:
+            return str(why)
         try:
-            _write(os.path.join(created, "memory.limit_in_bytes"), limit)
-            if os.path.exists(os.path.join(created, "memory.memsw.limit_in_bytes")):
-                _write(os.path.join(created, "memory.memsw.limit_in_bytes"), limit)  # no swapping out of it
-            _write(os.path.join(created, "memory.oom_control"), 0)  # OOM kills on (a child inherits the parent's)
-            _write(os.path.join(created, "cgroup.procs"), pid)
+            self.v1.write("memory.limit_in_bytes", limit)
+            if self.v1.has("memory.memsw.limit_in_bytes"):
+                self.v1.write("memory.memsw.limit_in_bytes", limit)  # no swapping out of it
+            self.v1.write("memory.oom_control", 0)  # OOM kills on (a child inherits the parent's)
+            self.v1.write("cgroup.procs", pid)
         except BaseException:
             self.close()
             raise
-        self.events = os.path.join(created, "memory.oom_control")
+        self.events = os.path.join(self.v1.path, "memory.oom_control")
         return None
 
     def oom_kills(self) -> int:
@@ -276,15 +267,53 @@ class MemoryLimit:
         raise AssertionError(f"no oom_kill line in {self.events}")
 
     def close(self) -> None:
-        if self.created is None or self.home is None:
-            return  # v2: the worker's cgroup is the pool's, removed with the worker
-        for pid in _read(os.path.join(self.created, "cgroup.procs")).split():
+        if self.v1 is not None:  # v2: the worker's cgroup is the pool's, removed with the worker
+            self.v1.close()
+
+
+class CgroupV1Unavailable(Exception):
+    """No v1 hierarchy of the controller, or no cgroup can be made in it (the reason)."""
+
+
+class V1Cgroup:
+    """A cgroup v1 of ``controller`` made below our own; ``close()`` moves back what is
+    still in it (to our cgroup) and removes it."""
+
+    def __init__(self, controller: str) -> None:
+        mount = _v1_mount(controller)
+        own = _v1_cgroup(controller, "/proc/self/cgroup")
+        if mount is None or own is None:
+            raise CgroupV1Unavailable(f"cgroup v1: no {controller} hierarchy mounted")
+        self.home = _under(mount, own)
+        self.path = os.path.join(self.home, f"syncmon-test-{os.getpid()}")
+        try:
+            os.mkdir(self.path)
+        except OSError as error:
+            raise CgroupV1Unavailable(f"cgroup v1: cannot create {self.path}: {error}") from None
+
+    def __enter__(self) -> V1Cgroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.path, name))
+
+    def read(self, name: str) -> str:
+        return _read(os.path.join(self.path, name))
+
+    def write(self, name: str, value: object) -> None:
+        _write(os.path.join(self.path, name), value)
+
+    def close(self) -> None:
+        for pid in self.read("cgroup.procs").split():
             with contextlib.suppress(ProcessLookupError):
                 _write(os.path.join(self.home, "cgroup.procs"), pid)
         give_up = time.monotonic() + REMOVE_BOUND
         while True:
             try:
-                os.rmdir(self.created)
+                os.rmdir(self.path)
                 return
             except OSError as error:  # EBUSY while the last exit is finishing
                 if error.errno != errno.EBUSY or time.monotonic() > give_up:
@@ -309,22 +338,22 @@ def _under(mount: tuple[str, str], cgroup_path: str) -> str:
     return os.path.join(point, relative.lstrip("/"))
 
 
-def _v1_memory_mount() -> tuple[str, str] | None:
-    """(mount point, root inside the hierarchy) of the cgroup v1 memory hierarchy."""
+def _v1_mount(controller: str) -> tuple[str, str] | None:
+    """(mount point, root inside the hierarchy) of the cgroup v1 hierarchy of ``controller``."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-            if fields[sep + 1] == "cgroup" and "memory" in fields[sep + 3].split(","):
+            if fields[sep + 1] == "cgroup" and controller in fields[sep + 3].split(","):
                 return fields[4], fields[3]
     return None
 
 
-def _v1_memory_cgroup(cgroup_file: str) -> str | None:
+def _v1_cgroup(controller: str, cgroup_file: str) -> str | None:
     with open(cgroup_file) as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            if "memory" in controllers.split(","):
+            if controller in controllers.split(","):
                 return path
     return None
 
@@ -344,6 +373,31 @@ def test_an_oom_killed_worker_fails_only_its_task(mon):
         finally:
             limit.close()
         assert pool.submit(double, 21).result(timeout=30) == 42
+
+
+FAMINE_SECONDS = 1.0
+"""Forks refused this long: ten retries, where three failed forks used to break the pool."""
+
+
+def test_forks_refused_for_want_of_pids_do_not_break_the_pool(mon, caplog):
+    """EAGAIN from the fork server's clone (a v1 pids cgroup at its limit) passes: the
+    task waits for a worker, and runs once pids are there again."""
+    try:
+        pids = V1Cgroup("pids")
+    except CgroupV1Unavailable as why:
+        pytest.skip(f"no pids limit can be set: {why}")
+    with pids, ProcessPoolExecutor(1, monitor=mon, max_tasks_per_child=1) as pool:
+        assert pool.submit(double, 1).result(timeout=30) == 2  # the server is up; its worker retires
+        pids.write("cgroup.procs", pool._pool.server.pid)
+        pids.write("pids.max", pids.read("pids.current"))  # the server's own tasks, no more
+        waiting = pool.submit(double, 2)
+        time.sleep(FAMINE_SECONDS)
+        assert not waiting.done()
+        assert "cannot start a worker now" in caplog.text
+        pids.write("pids.max", "max")
+        assert waiting.result(timeout=30) == 4
+        assert pool.submit(double, 3).result(timeout=30) == 6
+    assert caplog.text.count("cannot start a worker now") == 1
 
 
 # --- kill, timeouts, trees -----------------------------------------------------------
