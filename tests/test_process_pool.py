@@ -204,10 +204,11 @@ class MemoryLimit:
 
     cgroup v2 first: the worker was born in a cgroup of its own (the pool's tree
     mechanism), which has ``memory.max`` only if its parent already lists
-    ``memory`` in ``cgroup.subtree_control``.  That is not enabled here: turning it
-    on in the parent would change every sibling cgroup (the parent being ours, or
-    the root), and is impossible while the v1 hierarchy holds the controller.
-    Else a v1 memory cgroup (``V1Cgroup``) that the worker is moved into by pid.
+    ``memory`` in ``cgroup.subtree_control``; it is never turned on here, since that
+    would change every sibling cgroup of the parent (our own cgroup, or the root).
+    On the machine this was written on the v2 root offers only ``hugetlb``: the
+    memory controller is bound to the v1 hierarchy.  Else a v1 memory cgroup
+    (``V1Cgroup``) that the worker is moved into by pid.
     """
 
     def __init__(self, pid: int, limit: int) -> None:
