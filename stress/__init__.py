@@ -17,6 +17,8 @@ Layout, one concern per module:
 ``subjects``           what a scenario may do with a child; the syncmon adapter
 ``contrast``           the obvious ``P_ALL`` reaper, for comparison
 ``scenarios``          the workloads and the checks they make
+``trees``              scenario ``trees``: process trees beside bystanders
+``pool``               scenario ``pool``: a ProcessPoolExecutor whose workers get killed
 ``procfs``             what the worker leaves behind: fds, children, zombies
 ``report``             the table, the progress line and the JSON document
 =====================  ==========================================================

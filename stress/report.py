@@ -102,6 +102,7 @@ def table(config: Config, environment: Environment, runs: list[SubjectRun]) -> s
     lines.append("")
     lines += _resources(runs)
     lines += _trees(runs)
+    lines += _pools(runs)
     lines += _verdicts(environment, runs)
     lines += _notes(config, runs)
     return "\n".join(lines)
@@ -163,6 +164,21 @@ def _trees(runs: list[SubjectRun]) -> list[str]:
         for run in runs
         for scenario, tally in run.scenarios.items()
         if tally.get("trees")
+    ]
+    return [*lines, ""] if lines else []
+
+
+def _pools(runs: list[SubjectRun]) -> list[str]:
+    """Scenario ``pool``: tasks, deaths, kills, and what went wrong with them."""
+    lines = [
+        f"{run.subject}/{scenario}: {tally['tasks']} tasks, {tally['task_deaths']} failed with WorkerDied"
+        f" naming their worker and its true cause ({tally['unledgered_deaths']} killed before their first"
+        f" line: pid checked only), {tally['kills']} workers SIGKILLed, {tally['children']} workers"
+        f" ({tally['pid_reuses']} on a reused pid); misattributed {tally['misattributed']}, wrong results"
+        f" {tally['wrong_results']}, stray failures {tally['stray_failures']}, hung {tally['hung_waits']}"
+        for run in runs
+        for scenario, tally in run.scenarios.items()
+        if tally.get("tasks")
     ]
     return [*lines, ""] if lines else []
 

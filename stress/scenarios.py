@@ -32,7 +32,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stress import trees
+from stress import pool, trees
 from stress.config import RESERVED_PIDS, Config
 from stress.subjects import (
     CONTINUED,
@@ -59,6 +59,8 @@ ERROR_KEYS = (
     "members_left",
     "fds_left",
     "exceptions",
+    "wrong_results",
+    "stray_failures",
 )
 """Tally fields that are failures.  For syncmon every one of them must stay at zero."""
 
@@ -92,6 +94,18 @@ class Tally:
     bystander_reuses: int = 0
     """Bystanders born with a pid that a tree's root or member had earlier in the run."""
     tree_mechanism: str = ""
+    tasks: int = 0
+    """Scenario ``pool``: tasks submitted and checked."""
+    task_deaths: int = 0
+    """Tasks that failed with WorkerDied naming their worker and its true cause."""
+    unledgered_deaths: int = 0
+    """Of those, tasks killed before their first line: only the pid could be checked."""
+    kills: int = 0
+    """SIGKILLs the pool scenario's killer sent to workers."""
+    wrong_results: int = 0
+    """A task's result that is not its own (another seed, another worker's identity)."""
+    stray_failures: int = 0
+    """Tasks that failed though their worker was neither killed nor told to exit."""
     eagain: int = 0
     """Spawns refused for want of a free pid and retried (load, not a failure)."""
     seconds: float = 0.0
@@ -526,6 +540,12 @@ SCENARIOS: dict[str, Scenario] = {
             trees.trees,
             "late",
             "process trees (orphans, setsid, double forks) killed or ending, beside bystanders taking freed pids",
+        ),
+        Scenario(
+            "pool",
+            pool.pool,
+            "late",
+            "syncmon.ProcessPoolExecutor tasks while a killer SIGKILLs workers and some tasks os._exit",
         ),
         Scenario(
             "soak",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import errno
 import itertools
 import logging
 import os
@@ -61,6 +62,12 @@ EXIT_GRACE_SECONDS = 5.0
 _READ_CHUNK = 1 << 20
 #: After a worker could not be forked, when the I/O thread tries again.
 _RETRY_SECONDS = 0.1
+#: How long forks may keep failing for want of a pid, memory or a descriptor
+#: (EAGAIN at pid_max, ``pids.max`` or RLIMIT_NPROC; ENOMEM; EMFILE) before the
+#: pool is broken.  Such a want passes: three failures 0.2 s apart would break
+#: a pool over a moment of pid famine (the stress scenario ``pool`` did).
+FORK_RETRY_SECONDS = 30.0
+_TRANSIENT_FORK_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 class WorkerDied(BrokenProcessPool):
@@ -157,6 +164,7 @@ class _Pool:
         self.deaths: collections.deque[_Worker] = collections.deque()
         self.startup_failures = 0
         self.start_failed = False  # the last fork failed: retry after _RETRY_SECONDS
+        self.wanting_since: float | None = None  # forks fail for a transient want since then
         self.address = b"\0syncmon-pool-" + secrets.token_hex(16).encode()
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -476,17 +484,30 @@ class _Pool:
         try:
             handle = self._fork(token)
             self.start_failed = False
+            self.wanting_since = None
         except Exception as error:
             self.start_failed = True
-            _logger.warning("syncmon.ProcessPoolExecutor: cannot start a worker: %r", error)
-            self.startup_failures += 1
-            if self.startup_failures >= MAX_STARTUP_FAILURES:
+            if self._fork_failed(error):
                 self._break(BrokenProcessPool(f"cannot start workers: {error!r}"))
             return False
         worker = _Worker(handle, token)
         self.workers[token] = worker
         handle.future.add_done_notifier(lambda _: self._on_death(worker))
         return True
+
+    def _fork_failed(self, error: Exception) -> bool:
+        """Count a failed fork; True when the pool must give up.  A transient want is
+        logged once and retried for up to FORK_RETRY_SECONDS; anything else counts
+        as a failed start."""
+        now = time.monotonic()
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_FORK_ERRNOS:
+            if self.wanting_since is None:
+                self.wanting_since = now
+                _logger.warning("syncmon.ProcessPoolExecutor: cannot start a worker now: %r; retrying", error)
+            return now - self.wanting_since >= FORK_RETRY_SECONDS
+        _logger.warning("syncmon.ProcessPoolExecutor: cannot start a worker: %r", error)
+        self.startup_failures += 1
+        return self.startup_failures >= MAX_STARTUP_FAILURES
 
     def _fork(self, token: bytes) -> ChildHandle:
         """A new worker, born in a cgroup of its own where we can make one (so

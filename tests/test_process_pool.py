@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
+import errno
 import os
 import pickle
 import signal
@@ -74,6 +76,12 @@ def fork_grandchildren_then_die(path: str, n: int) -> None:
     with open(path, "w") as f:
         f.write(" ".join(map(str, pids)))
     os._exit(5)
+
+
+def touch_memory(size: int, chunk: int) -> int:
+    """Allocate and write ``size`` bytes (``bytes * n`` fills every page), ``chunk`` at a time."""
+    kept = [b"\x01" * chunk for _ in range(size // chunk)]
+    return len(kept)
 
 
 def fail_initializer() -> None:
@@ -179,6 +187,218 @@ def test_readme_example_kill_a_worker_mid_task(mon, tmp_path):
         else:
             pytest.fail("the killed task did not fail")
         assert [f.result(timeout=30) for f in rest] == [2 * n for n in range(20)]
+
+
+# --- the OOM killer ------------------------------------------------------------------
+
+MEMORY_LIMIT = 64 << 20
+"""Far above a worker's own use after the move (only pages charged from then on
+count), far below what ``touch_memory`` asks for."""
+REMOVE_BOUND = 10.0
+
+
+class MemoryLimit:
+    """A memory limit on one worker, where this machine offers one; ``oom_kills()`` then
+    reads the kernel's count of OOM kills under it (proof that the OOM killer, not
+    somebody else, sent the SIGKILL).
+
+    cgroup v2 first: the worker was born in a cgroup of its own (the pool's tree
+    mechanism), which has ``memory.max`` only if its parent already lists
+    ``memory`` in ``cgroup.subtree_control``; it is never turned on here, since that
+    would change every sibling cgroup of the parent (our own cgroup, or the root).
+    On the machine this was written on the v2 root offers only ``hugetlb``: the
+    memory controller is bound to the v1 hierarchy.  Else a v1 memory cgroup
+    (``V1Cgroup``) that the worker is moved into by pid.
+    """
+
+    def __init__(self, pid: int, limit: int) -> None:
+        self.events: str | None = None
+        self.v1: V1Cgroup | None = None
+        reasons = [self._try_v2(pid, limit), self._try_v1(pid, limit)]
+        if self.events is None:
+            pytest.skip("no memory limit can be set: " + "; ".join(r for r in reasons if r))
+
+    def _try_v2(self, pid: int, limit: int) -> str | None:
+        from syncmon import _cgroup
+
+        mount = _cgroup.cgroup2_mount()
+        path = _cgroup.own_cgroup(f"/proc/{pid}/cgroup")
+        if mount is None or path is None:
+            return "cgroup v2: no cgroup2 mount or the worker is in none"
+        if path == _cgroup.own_cgroup():
+            return f"cgroup v2: the worker shares our cgroup {path} (no tree cgroups: {_cgroup.available()})"
+        directory = _under(mount, path)
+        if not os.path.exists(os.path.join(directory, "memory.max")):
+            parent = os.path.dirname(directory)
+            offered = _read(os.path.join(parent, "cgroup.controllers")) or "none"
+            enabled = _read(os.path.join(parent, "cgroup.subtree_control")) or "none"
+            return (f"cgroup v2: the worker's cgroup {directory} has no memory.max ({parent} offers "
+                    f"controllers: {offered}; enabled for its children: {enabled})")
+        _write(os.path.join(directory, "memory.max"), limit)
+        if os.path.exists(os.path.join(directory, "memory.swap.max")):
+            _write(os.path.join(directory, "memory.swap.max"), 0)
+        self.events = os.path.join(directory, "memory.events")
+        return None
+
+    def _try_v1(self, pid: int, limit: int) -> str | None:
+        if self.events is not None:
+            return None
+        try:
+            self.v1 = V1Cgroup("memory")
+        except CgroupV1Unavailable as why:
+            return str(why)
+        try:
+            self.v1.write("memory.limit_in_bytes", limit)
+            if self.v1.has("memory.memsw.limit_in_bytes"):
+                self.v1.write("memory.memsw.limit_in_bytes", limit)  # no swapping out of it
+            self.v1.write("memory.oom_control", 0)  # OOM kills on (a child inherits the parent's)
+            self.v1.write("cgroup.procs", pid)
+        except BaseException:
+            self.close()
+            raise
+        self.events = os.path.join(self.v1.path, "memory.oom_control")
+        return None
+
+    def oom_kills(self) -> int:
+        assert self.events is not None
+        for line in _read(self.events).splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+        raise AssertionError(f"no oom_kill line in {self.events}")
+
+    def close(self) -> None:
+        if self.v1 is not None:  # v2: the worker's cgroup is the pool's, removed with the worker
+            self.v1.close()
+
+
+class CgroupV1Unavailable(Exception):
+    """No v1 hierarchy of the controller, or no cgroup can be made in it (the reason)."""
+
+
+class V1Cgroup:
+    """A cgroup v1 of ``controller`` made below our own; ``close()`` moves back what is
+    still in it (to our cgroup) and removes it."""
+
+    def __init__(self, controller: str) -> None:
+        mount = _v1_mount(controller)
+        own = _v1_cgroup(controller, "/proc/self/cgroup")
+        if mount is None or own is None:
+            raise CgroupV1Unavailable(f"cgroup v1: no {controller} hierarchy mounted")
+        self.home = _under(mount, own)
+        self.path = os.path.join(self.home, f"syncmon-test-{os.getpid()}")
+        try:
+            os.mkdir(self.path)
+        except OSError as error:
+            raise CgroupV1Unavailable(f"cgroup v1: cannot create {self.path}: {error}") from None
+
+    def __enter__(self) -> V1Cgroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def has(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.path, name))
+
+    def read(self, name: str) -> str:
+        return _read(os.path.join(self.path, name))
+
+    def write(self, name: str, value: object) -> None:
+        _write(os.path.join(self.path, name), value)
+
+    def close(self) -> None:
+        for pid in self.read("cgroup.procs").split():
+            with contextlib.suppress(ProcessLookupError):
+                _write(os.path.join(self.home, "cgroup.procs"), pid)
+        give_up = time.monotonic() + REMOVE_BOUND
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError as error:  # EBUSY while the last exit is finishing
+                if error.errno != errno.EBUSY or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.05)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write(path: str, value: object) -> None:
+    with open(path, "w") as f:
+        f.write(str(value))
+
+
+def _under(mount: tuple[str, str], cgroup_path: str) -> str:
+    """The directory of ``cgroup_path`` under ``mount`` (its point, and its root in the hierarchy)."""
+    point, root = mount
+    relative = cgroup_path[len(root):] if root != "/" else cgroup_path
+    return os.path.join(point, relative.lstrip("/"))
+
+
+def _v1_mount(controller: str) -> tuple[str, str] | None:
+    """(mount point, root inside the hierarchy) of the cgroup v1 hierarchy of ``controller``."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup" and controller in fields[sep + 3].split(","):
+                return fields[4], fields[3]
+    return None
+
+
+def _v1_cgroup(controller: str, cgroup_file: str) -> str | None:
+    with open(cgroup_file) as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_an_oom_killed_worker_fails_only_its_task(mon):
+    """The kernel's OOM killer, through a memory limit on the worker, not a SIGKILL of ours."""
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        pid = pool.submit(pid_of_worker).result(timeout=30)
+        limit = MemoryLimit(pid, MEMORY_LIMIT)
+        try:
+            doomed = pool.submit(touch_memory, 4 * MEMORY_LIMIT, 4 << 20)
+            error = doomed.exception(timeout=60)
+            assert isinstance(error, WorkerDied), error
+            assert (error.pid, error.state.code, error.state.status) == (pid, CLD.KILLED, signal.SIGKILL)
+            assert limit.oom_kills() == 1
+        finally:
+            limit.close()
+        assert pool.submit(double, 21).result(timeout=30) == 42
+
+
+FAMINE_SECONDS = 1.0
+"""Forks refused this long: ten retries, where three failed forks used to break the pool."""
+
+
+def test_forks_refused_for_want_of_pids_do_not_break_the_pool(mon, caplog):
+    """EAGAIN from the fork server's clone (a v1 pids cgroup at its limit) passes: the
+    task waits for a worker, and runs once pids are there again."""
+    try:
+        pids = V1Cgroup("pids")
+    except CgroupV1Unavailable as why:
+        pytest.skip(f"no pids limit can be set: {why}")
+    with pids, ProcessPoolExecutor(1, monitor=mon, max_tasks_per_child=1) as pool:
+        assert pool.submit(double, 1).result(timeout=30) == 2  # the server is up; its worker retires
+        pids.write("cgroup.procs", pool._pool.server.pid)
+        pids.write("pids.max", pids.read("pids.current"))  # the server's own tasks, no more
+        waiting = pool.submit(double, 2)
+        time.sleep(FAMINE_SECONDS)
+        assert not waiting.done()
+        assert "cannot start a worker now" in caplog.text
+        pids.write("pids.max", "max")
+        assert waiting.result(timeout=30) == 4
+        assert pool.submit(double, 3).result(timeout=30) == 6
+    assert caplog.text.count("cannot start a worker now") == 1
 
 
 # --- kill, timeouts, trees -----------------------------------------------------------

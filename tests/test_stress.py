@@ -67,3 +67,21 @@ def test_short_soak_has_no_error_and_flat_resource_use() -> None:
     assert resources["samples"] >= 10, resources
     assert resources["flat"] is True, resources["measures"]
     assert completed.returncode == 0, result["failures"]
+
+
+POOL_SECONDS = "4"
+"""About 10 s with the pool's start and shutdown: a few hundred kills, thousands of tasks."""
+
+
+def test_pool_scenario_fails_exactly_the_killed_tasks_with_their_cause() -> None:
+    """``python -m stress --scenarios pool``: besides no error, the run must have killed
+    workers mid-task and reused their pids, or its zero errors would prove nothing."""
+    completed, result = run_stress("--scenarios", "pool", "--subjects", "syncmon", "--seconds", POOL_SECONDS)
+    run = result["subjects"]["syncmon"]
+    assert run["finished"], run["stderr"]
+    tally = run["scenarios"]["pool"]
+    assert tally["errors"] == 0, tally
+    assert tally["kills"] > 0 and tally["task_deaths"] > 0 and tally["tasks"] > tally["task_deaths"], tally
+    if result["environment"]["namespace"]:
+        assert tally["pid_reuses"] > 0, tally
+    assert completed.returncode == 0, result["failures"]
