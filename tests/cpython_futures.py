@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -67,6 +68,11 @@ def flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
 
 
 def main(mode: str) -> None:
+    # The tests start children with other tools from this thread (below), and
+    # a blocked SIGCHLD would be inherited by them: a process inherits its
+    # signal mask across exec, and pytest's own main thread, where earlier
+    # tests ran syncmon, blocks it.  Unblock it here whatever we inherited.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     if mode == "syncmon":
         import syncmon
 
