@@ -225,48 +225,51 @@ def test_waiters_timeouts_kill_and_popen_reaping_on_one_child(monitor):
 
 #: Threads that do not block SIGCHLD exist before syncmon, and the child
 #: without a pidfd is started by one of them: its SIGCHLD is discarded, so
-#: only the rescue look can learn of its death.  Meanwhile pidfd deaths reach
-#: the monitor thread more often than every 50 ms (the rescue interval).
+#: only the rescue look can learn of its death.  Meanwhile the monitor thread
+#: is woken more often than every 50 ms (the rescue interval) by events that
+#: are no SIGCHLD: a thread that waits for a stop with a short timeout, over
+#: and over (each start and end of such a wait pokes the monitor thread).
 LOST_SIGCHLD_UNDER_A_STREAM = """
 import os, threading, time
+from syncmon import W
 gate = threading.Event()
-box = {}
+box = {"ready": threading.Event(), "end": threading.Event()}
 def early():
     gate.wait()
     box["pid"] = os.posix_spawn("/bin/sh", ["sh", "-c", "sleep 0.3; exit 7"], dict(os.environ))
     box["ready"].set()
-    gate2.wait()
-gate2 = threading.Event()
-box["ready"] = threading.Event()
+    box["end"].wait()
 t = threading.Thread(target=early, daemon=True)
 t.start()
 from syncmon import Monitor
 with Monitor(pidfd=True) as stream, Monitor(pidfd=False) as plain:
+    sleeper = stream.spawn(["sleep", "100"])
+    stop = threading.Event()
+    def streamer():
+        while not stop.is_set():
+            try:
+                sleeper.wait(W.STOPPED, timeout=0.002)
+            except TimeoutError:
+                pass
+    s = threading.Thread(target=streamer)
+    s.start()
+    time.sleep(0.1)
     gate.set()
     box["ready"].wait(10)
     lost = plain.adopt(box["pid"])
-    stop = threading.Event()
-    def streamer():
-        kept = []
-        while not stop.is_set():
-            kept.append(stream.spawn(["true"]))  # deaths told by pidfd to the monitor
-            time.sleep(0.005)
-            kept = [h for h in kept if h.returncode is None]
-        for h in kept:
-            h.wait(timeout=20)
-    s = threading.Thread(target=streamer)
-    s.start()
     try:
-        state = lost.future.result(timeout=15)
+        state = lost.future.result(timeout=10)
     finally:
         stop.set()
         s.join(20)
-    gate2.set()
+        sleeper.kill()
+        sleeper.wait(timeout=20)
+    box["end"].set()
     print("exit", state.returncode)
 """
 
 
-def test_lost_sigchld_of_a_child_without_pidfd_under_a_stream_of_pidfd_deaths():
+def test_lost_sigchld_of_a_child_without_pidfd_under_a_stream_of_other_wakeups():
     out = fresh(LOST_SIGCHLD_UNDER_A_STREAM)
     assert out.split() == ["exit", "7"], out
 
@@ -474,3 +477,48 @@ print("rounds-with-pidfds-in-child", len(leaks), leaks[:5])
 def test_fork_child_holds_no_pidfd_while_waiters_poll():
     out = fresh(FORK_WHILE_WAITERS_POLL)
     assert out.split()[:2] == ["rounds-with-pidfds-in-child", "0"], out
+
+
+@pytest.mark.timeout(60)
+def test_many_waiters_on_one_child_with_no_descriptor_to_spare(monitor):
+    """At EMFILE (a real RLIMIT_NOFILE, every number below it taken) 40
+    threads wait on one child, some timing out in a loop, and all see its
+    death; nothing is left open or closed twice (the leak check)."""
+    import errno
+    import resource
+
+    h = monitor.spawn(["sleep", "100"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    results: list = []
+
+    def waiter(i):
+        while True:
+            try:
+                results.append(h.wait(timeout=None if i % 2 else 0.005))
+                return
+            except TimeoutError:
+                continue
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(40)]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 8, hard))
+    try:
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as e:
+                assert e.errno == errno.EMFILE
+                break
+        for t in threads:
+            t.start()
+        threading.Event().wait(0.1)
+        h.kill()
+        for t in threads:
+            t.join(HANG)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not any(t.is_alive() for t in threads)
+    assert len(results) == 40 and {s.returncode for s in results} == {-signal.SIGKILL}
+    assert h.future.result(timeout=HANG).returncode == -signal.SIGKILL
