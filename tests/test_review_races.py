@@ -522,3 +522,32 @@ def test_many_waiters_on_one_child_with_no_descriptor_to_spare(monitor):
     assert not any(t.is_alive() for t in threads)
     assert len(results) == 40 and {s.returncode for s in results} == {-signal.SIGKILL}
     assert h.future.result(timeout=HANG).returncode == -signal.SIGKILL
+
+
+#: A signal handler waits for the very child that the interrupted main
+#: thread waits for (in poll() on the shared pidfd, or asleep on the
+#: monitor's generation); the child dies while both wait.
+HANDLER_WAITS_FOR_THE_CHILD_MAIN_WAITS_FOR = """
+import signal, threading, time
+from syncmon import Monitor
+got = {}
+with Monitor(pidfd=PIDFD) as mon:
+    for round in range(20):
+        h = mon.spawn(["sleep", "100"])
+        def handler(signum, frame):
+            got["handler"] = h.wait(timeout=20)
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        killer = threading.Timer(0.05 + (round % 4) * 0.01, h.kill)
+        killer.start()
+        got["main"] = h.wait(timeout=20)
+        killer.join()
+        assert got.pop("handler").returncode == got.pop("main").returncode == -signal.SIGKILL
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["pidfd", "signalfd"])
+def test_signal_handler_waits_for_the_child_the_main_thread_waits_for(mode):
+    out = fresh(HANDLER_WAITS_FOR_THE_CHILD_MAIN_WAITS_FOR.replace("PIDFD", str(mode == "pidfd")), timeout=25)
+    assert out.split() == ["ok"], out
