@@ -141,6 +141,14 @@ class Watch:
         return end if isinstance(end, ChildState) else None
 
     @property
+    def inherited(self) -> bool:
+        """Whether this process is a fork child of the one that made the watch.
+
+        There, a lock of the watch may be held forever by a parent thread that
+        does not exist here, so nothing may wait for it."""
+        return self._engine.abandoned
+
+    @property
     def by_pidfd(self) -> bool:
         return self._pidfd is not None
 

@@ -551,3 +551,56 @@ print("ok")
 def test_signal_handler_waits_for_the_child_the_main_thread_waits_for(mode):
     out = fresh(HANDLER_WAITS_FOR_THE_CHILD_MAIN_WAITS_FOR.replace("PIDFD", str(mode == "pidfd")), timeout=25)
     assert out.split() == ["ok"], out
+
+
+#: Threads start syncmon.Popen children and wait() for them (the watch sees
+#: the death, then Popen reaps under its _waitpid_lock) while the main thread
+#: forks.  In the fork child, poll() of those Popens must return: the lock
+#: may be held by a parent thread that does not exist there.
+POPEN_POLL_IN_FORK_CHILD = """
+import os, signal, sys, threading, time
+import syncmon
+from syncmon import Monitor
+sys.setswitchinterval(1e-5)
+hung = 0
+recent = []
+with Monitor() as mon:
+    stop = threading.Event()
+    def loop():
+        while not stop.is_set():
+            p = syncmon.Popen(["true"], monitor=mon)
+            recent.append(p)
+            del recent[:-8]
+            p.wait()
+    ts = [threading.Thread(target=loop) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for i in range(150):
+        ps = list(recent)
+        pid = os.fork()
+        if pid == 0:  # a hang here is seen by the parent, below
+            try:
+                for p in ps:
+                    p.poll()
+            finally:
+                os._exit(0)
+        deadline = time.monotonic() + 2
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                hung += 1
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.002)
+        if hung:
+            break
+    stop.set()
+    for t in ts:
+        t.join()
+print("hung", hung)
+"""
+
+
+def test_popen_poll_in_a_fork_child_while_parent_threads_reap():
+    out = fresh(POPEN_POLL_IN_FORK_CHILD, timeout=28)
+    assert out.split() == ["hung", "0"], out
