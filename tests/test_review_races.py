@@ -604,3 +604,33 @@ print("hung", hung)
 def test_popen_poll_in_a_fork_child_while_parent_threads_reap():
     out = fresh(POPEN_POLL_IN_FORK_CHILD, timeout=28)
     assert out.split() == ["hung", "0"], out
+
+
+@pytest.mark.timeout(60)
+def test_many_waiters_with_timeouts_on_many_children_all_wake(monitor):
+    """200 waiters over 10 children, half with short timeouts in a loop (so
+    the count of sleepers moves all the time), the children killed at once:
+    every waiter returns the death (bump() skips notify_all only with no sleeper)."""
+    children = [monitor.spawn(["sleep", "100"]) for _ in range(10)]
+    results: list = []
+
+    def waiter(i):
+        h = children[i % 10]
+        while True:
+            try:
+                results.append((h.pid, h.wait(timeout=None if i % 2 else random.choice([0.001, 0.01]))))
+                return
+            except TimeoutError:
+                continue
+
+    threads = [threading.Thread(target=waiter, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.2)
+    for h in children:
+        h.kill()
+    for t in threads:
+        t.join(HANG)
+    assert not any(t.is_alive() for t in threads)
+    assert len(results) == 200
+    assert all(pid == s.pid and s.returncode == -signal.SIGKILL for pid, s in results)
