@@ -110,7 +110,7 @@ class Popen(subprocess.Popen):  # type: ignore[type-arg]
         # holder can only be the monitor finishing that record, briefly: wait
         # for it, or poll() would report "running" after the future resolved.
         # Not in a fork child, where the holder may be a thread that is gone.
-        known_dead = watch is not None and watch.gone and watch.death is not None
+        known_dead = watch is not None and watch.gone and watch.death is not None and not watch.inherited
         if not self._reap_lock.acquire(known_dead):
             return None
         try:

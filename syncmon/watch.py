@@ -72,13 +72,20 @@ def _settle(future: DeathFuture, end: End) -> None:
 class Watch:
     """The monitor's hold on one child.  Made by :func:`watch_child`."""
 
+    #: The death future once asked for, or the end, if that was recorded
+    #: first.  Set once per watch, in the instance's dict, by
+    #: ``dict.setdefault`` (one step under the GIL), so that asking for the
+    #: future takes no lock: a lock could be held forever by a thread that is
+    #: gone (in a fork child) or by the very thread a signal handler interrupted.
+    #: Until it is set, this class attribute reads ``None``.
+    _future: DeathFuture | End | None = None
+    #: The future made after the end was recorded (set once, the same way).
+    _late_future: DeathFuture | None = None
+
     def __init__(self, engine: Engine, pid: int, pidfd: int | None, lock: threading.Lock, reaps: bool) -> None:
         self.pid = pid
         self.lock = lock
         self._callbacks = engine.callbacks  # for the death future, made on first use
-        self._future: DeathFuture | None = None
-        self._settled: End | None = None  # the end a future made from now on starts with
-        self._future_lock = threading.Lock()  # makes "is there a future" and "settle it" one step
         self._engine = engine  # one reference, given back when the end is recorded
         self._pidfd = pidfd
         self._reaps = reaps  # False: an owner (syncmon.Popen) reaps; we only look
@@ -98,20 +105,30 @@ class Watch:
 
         Most children are waited for (``wait()``, ``syncmon.Popen``) and never
         asked for a future; a ``Future`` with its ``Condition`` is half the
-        memory of a watch and a tenth of the work of a spawn and a wait.  One
-        made after the end was recorded starts resolved.  Its own lock, not
-        the watch's: notifiers run under the watch's lock and may ask for it.
+        memory of a watch and a tenth of the work of a spawn and a wait.
+
+        The first of the future and the end to be set in ``_future`` wins: a
+        future set first is resolved by :meth:`_record`, before the end is
+        visible; an end set first means that the future is made resolved
+        (``_late_future``).  Among askers, the first future set is the one.
         """
-        future = self._future
-        if future is not None:
-            return future
-        with self._future_lock:
-            if self._future is None:
-                future = DeathFuture(self._callbacks)
-                if self._settled is not None:
-                    _settle(future, self._settled)  # nothing is attached to it yet
-                self._future = future
-            return self._future
+        found = self._future
+        if isinstance(found, DeathFuture):
+            return found
+        if found is None:
+            found = self.__dict__.setdefault("_future", DeathFuture(self._callbacks))
+            if isinstance(found, DeathFuture):
+                return found
+        return self._future_after(found)
+
+    def _future_after(self, end: End) -> DeathFuture:
+        """The future of a watch whose end was recorded before anyone asked: made resolved."""
+        late = self._late_future
+        if late is None:
+            made = DeathFuture(self._callbacks)
+            _settle(made, end)  # before anyone can see it
+            late = self.__dict__.setdefault("_late_future", made)
+        return cast(DeathFuture, late)
 
     @property
     def gone(self) -> bool:
@@ -122,6 +139,14 @@ class Watch:
     def death(self) -> ChildState | None:
         end = self._end
         return end if isinstance(end, ChildState) else None
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this process is a fork child of the one that made the watch.
+
+        There, a lock of the watch may be held forever by a parent thread that
+        does not exist here, so nothing may wait for it."""
+        return self._engine.abandoned
 
     @property
     def by_pidfd(self) -> bool:
@@ -150,10 +175,9 @@ class Watch:
             self._zombie = True
         else:
             self._close_pidfd()
-        with self._future_lock:
-            future, self._settled = self._future, end
-        if future is not None:
-            _settle(future, end)
+        found = self.__dict__.setdefault("_future", end)
+        if found is not end:
+            _settle(found, end)  # a future was asked for first
         # Only now: readers look at the end without the lock, and whoever
         # sees it must find the future resolved too.
         self._end = end
@@ -547,11 +571,11 @@ class Watch:
                 os.close(fd)
         self._pollers = 0
         self._pidfd = self._polled_pidfd = None
-        self._future_lock = threading.Lock()  # a parent thread may have held it
         if self._end is None:
-            self._end = self._settled = InheritedAcrossFork(self.pid)
-            if self._future is not None:
-                self._future.abandon(self._end)
+            self._end = end = InheritedAcrossFork(self.pid)
+            found = self.__dict__.setdefault("_future", end)
+            if isinstance(found, DeathFuture):
+                found.abandon(end)
 
     def __repr__(self) -> str:
         return f"<Watch pid={self.pid} {'gone' if self._end is not None else 'watched'}>"
