@@ -473,7 +473,13 @@ class _Pool:
                 waiting = len(self.queue)
             usable = [w for w in self.workers.values() if not (w.retiring or w.lost)]
             available = sum(1 for w in usable if w.task is None)
-            live = len(usable)
+            # A worker that died before it was ready counts until it is
+            # buried: its death is a startup failure, and a replacement forked
+            # before that is counted is one worker too many when the pool then
+            # breaks at MAX_STARTUP_FAILURES (its connection ends before the
+            # monitor reports the death).
+            failing = sum(1 for w in self.workers.values() if w.lost and not w.ready)
+            live = len(usable) + failing
             if waiting <= available or live >= self.max_workers:
                 return
             if not self._start_worker():
