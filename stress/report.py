@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from stress.config import EXPECTED_TO_FAIL, RESERVED_PIDS, Config
 from stress.driver import Environment, SubjectRun
@@ -155,32 +155,33 @@ def _grown(resources: dict[str, Any]) -> str:
     return ", ".join(name for name, m in resources["measures"].items() if not m["flat"])
 
 
-def _trees(runs: list[SubjectRun]) -> list[str]:
-    """Scenario ``trees``: how many trees, members and bystanders, and what the members' pids became."""
+def _per_scenario(runs: list[SubjectRun], key: str, describe: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One line per subject and scenario whose tally has ``key``, then a blank line."""
     lines = [
-        f"{run.subject}/{scenario} ({tally['tree_mechanism']}): {tally['trees']} trees, {tally['members']} members,"
-        f" {tally['bystanders']} bystanders ({tally['bystander_reuses']} born on a pid a tree process had),"
-        f" members left alive {tally['members_left']}, signals to bystanders {tally['wrong_signals']}"
+        f"{run.subject}/{scenario}{describe(tally)}"
         for run in runs
         for scenario, tally in run.scenarios.items()
-        if tally.get("trees")
+        if tally.get(key)
     ]
     return [*lines, ""] if lines else []
+
+
+def _trees(runs: list[SubjectRun]) -> list[str]:
+    """Scenario ``trees``: how many trees, members and bystanders, and what the members' pids became."""
+    return _per_scenario(runs, "trees", lambda tally: (
+        f" ({tally['tree_mechanism']}): {tally['trees']} trees, {tally['members']} members,"
+        f" {tally['bystanders']} bystanders ({tally['bystander_reuses']} born on a pid a tree process had),"
+        f" members left alive {tally['members_left']}, signals to bystanders {tally['wrong_signals']}"))
 
 
 def _pools(runs: list[SubjectRun]) -> list[str]:
     """Scenario ``pool``: tasks, deaths, kills, and what went wrong with them."""
-    lines = [
-        f"{run.subject}/{scenario}: {tally['tasks']} tasks, {tally['task_deaths']} failed with WorkerDied"
+    return _per_scenario(runs, "tasks", lambda tally: (
+        f": {tally['tasks']} tasks, {tally['task_deaths']} failed with WorkerDied"
         f" naming their worker and its true cause ({tally['unledgered_deaths']} killed before their first"
         f" line: pid checked only), {tally['kills']} workers SIGKILLed, {tally['children']} workers"
         f" ({tally['pid_reuses']} on a reused pid); misattributed {tally['misattributed']}, wrong results"
-        f" {tally['wrong_results']}, stray failures {tally['stray_failures']}, hung {tally['hung_waits']}"
-        for run in runs
-        for scenario, tally in run.scenarios.items()
-        if tally.get("tasks")
-    ]
-    return [*lines, ""] if lines else []
+        f" {tally['wrong_results']}, stray failures {tally['stray_failures']}, hung {tally['hung_waits']}"))
 
 
 def _resources(runs: list[SubjectRun]) -> list[str]:

@@ -34,6 +34,20 @@ def fresh(code: str, timeout: float = 45) -> str:
     return run_code(prologue + textwrap.dedent(code), timeout=timeout)
 
 
+#: For the fork tests' scripts: whether fork child ``pid`` ended within
+#: ``seconds``; one that did not (hung) is killed, so the run goes on.
+ENDED_WITHIN = """
+def ended_within(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.002)
+    return True
+"""
+
 #: A thread asks for the death futures of dead children for the first time
 #: while another thread forks.  In the fork child every one of those futures
 #: must be had at once (failed or resolved), whatever the asking thread was
@@ -41,6 +55,7 @@ def fresh(code: str, timeout: float = 45) -> str:
 FORK_WHILE_FUTURE_IS_MADE = """
 import os, signal, sys, threading, time
 from syncmon import Monitor
+""" + ENDED_WITHIN + """
 sys.setswitchinterval(1e-6)
 hung = 0
 with Monitor() as mon:
@@ -62,16 +77,7 @@ with Monitor() as mon:
                 h.future.done()
             os._exit(0)
         t.join()
-        deadline = time.monotonic() + 2
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                hung += 1
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.01)
-        else:
-            pass
+        hung += not ended_within(pid, 2)
 print("hung", hung)
 """
 
@@ -561,6 +567,7 @@ POPEN_POLL_IN_FORK_CHILD = """
 import os, signal, sys, threading, time
 import syncmon
 from syncmon import Monitor
+""" + ENDED_WITHIN + """
 sys.setswitchinterval(1e-5)
 hung = 0
 recent = []
@@ -584,15 +591,8 @@ with Monitor() as mon:
                     p.poll()
             finally:
                 os._exit(0)
-        deadline = time.monotonic() + 2
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                hung += 1
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.002)
-        if hung:
+        if not ended_within(pid, 2):
+            hung += 1
             break
     stop.set()
     for t in ts:
