@@ -17,6 +17,7 @@ import threading
 import pytest
 
 import syncmon
+from faults import free_fds
 from helpers import HANG, run_code
 
 pytestmark = pytest.mark.timeout(60)
@@ -284,7 +285,8 @@ def test_lost_sigchld_of_a_child_without_pidfd_under_a_stream_of_other_wakeups()
 #: RLIMIT_NOFILE, every number below it taken): the rescue look cannot read
 #: /proc, and must go on looking instead of ending the monitor thread.
 LOST_SIGCHLD_AT_EMFILE = """
-import errno, os, resource, threading, time
+import os, threading, time
+from faults import free_fds
 gate = threading.Event()
 box = {"ready": threading.Event()}
 def early():
@@ -300,27 +302,15 @@ with Monitor(pidfd=False) as plain:
     gate.set()
     box["ready"].wait(10)
     lost = plain.adopt(box["pid"])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fillers = []
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 8, hard))
-    try:
-        while True:
-            try:
-                fillers.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as e:
-                assert e.errno == errno.EMFILE
-                break
+    future = lost.future
+    with free_fds(0):
         try:
             open("/proc/self/status").close()
             raise SystemExit("premise: /proc must be unreadable now")
         except OSError:
             pass
-        state = lost.future.result(timeout=15)
+        state = future.result(timeout=15)
         time.sleep(0.2)  # several rescue looks at EMFILE
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     # the monitor thread is still serving
     again = plain.spawn(["sh", "-c", "exit 3"])
     assert again.wait(timeout=15).returncode == 3
@@ -334,6 +324,25 @@ def test_lost_sigchld_is_made_up_for_at_emfile():
     assert out.split() == ["exit", "9", "monitor", "True"], out
 
 
+#: For the signal-handler scripts: a SIGALRM handler that calls
+#: ``look(item)`` for every item of the script's ``pool``; a handler that
+#: interrupts a running one returns at once (the timer fires faster than a
+#: pass may take).
+POOL_HANDLER = """
+busy = [False]
+def handler_for(look):
+    def handler(signum, frame):
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            for item in list(pool):
+                look(item)
+        finally:
+            busy[0] = False
+    return handler
+"""
+
 #: The main thread asks the kernel about live children (waitid through the
 #: buffer free list, WNOHANG finding nothing: si_pid 0) while a SIGALRM
 #: handler, run between any two of its bytecodes, reaps dying ones.  Every
@@ -344,22 +353,15 @@ import signal, sys
 from syncmon import Monitor
 wrong = []
 pool = []
-busy = [False]
-def handler(signum, frame):
-    if busy[0]:
-        return
-    busy[0] = True
-    try:
-        for item in list(pool):
-            code, h = item
-            s = h.poll()
-            if s is not None:
-                pool.remove(item)
-                if s.pid != h.pid or s.returncode != code:
-                    wrong.append(("handler", h.pid, code, s))
-    finally:
-        busy[0] = False
-signal.signal(signal.SIGALRM, handler)
+""" + POOL_HANDLER + """
+def look(item):
+    code, h = item
+    s = h.poll()
+    if s is not None:
+        pool.remove(item)
+        if s.pid != h.pid or s.returncode != code:
+            wrong.append(("handler", h.pid, code, s))
+signal.signal(signal.SIGALRM, handler_for(look))
 with Monitor() as mon:
     live = [mon.spawn(["sleep", "100"]) for _ in range(4)]
     for i in range(30):
@@ -402,18 +404,11 @@ HANDLER_RECORDS_WHILE_MAIN_RECORDS = """
 import signal, sys
 from syncmon import Monitor
 pool = []
-busy = [False]
-def handler(signum, frame):
-    if busy[0]:
-        return
-    busy[0] = True
-    try:
-        for item in list(pool):
-            if item.poll() is not None:
-                pool.remove(item)
-    finally:
-        busy[0] = False
-signal.signal(signal.SIGALRM, handler)
+""" + POOL_HANDLER + """
+def look(item):
+    if item.poll() is not None:
+        pool.remove(item)
+signal.signal(signal.SIGALRM, handler_for(look))
 with Monitor(pidfd=True) as mon:
     signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
     try:
@@ -490,12 +485,7 @@ def test_many_waiters_on_one_child_with_no_descriptor_to_spare(monitor):
     """At EMFILE (a real RLIMIT_NOFILE, every number below it taken) 40
     threads wait on one child, some timing out in a loop, and all see its
     death; nothing is left open or closed twice (the leak check)."""
-    import errno
-    import resource
-
     h = monitor.spawn(["sleep", "100"])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fillers: list[int] = []
     results: list = []
 
     def waiter(i):
@@ -507,24 +497,13 @@ def test_many_waiters_on_one_child_with_no_descriptor_to_spare(monitor):
                 continue
 
     threads = [threading.Thread(target=waiter, args=(i,)) for i in range(40)]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 8, hard))
-    try:
-        while True:
-            try:
-                fillers.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as e:
-                assert e.errno == errno.EMFILE
-                break
+    with free_fds(0):
         for t in threads:
             t.start()
         threading.Event().wait(0.1)
         h.kill()
         for t in threads:
             t.join(HANG)
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not any(t.is_alive() for t in threads)
     assert len(results) == 40 and {s.returncode for s in results} == {-signal.SIGKILL}
     assert h.future.result(timeout=HANG).returncode == -signal.SIGKILL
