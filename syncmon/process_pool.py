@@ -728,7 +728,8 @@ class ProcessPoolExecutor(Executor):
       like multiprocessing's "forkserver" method), never copies of this process.
     * ``preload``: modules the fork server imports once, so workers start warm.
     * ``task_timeout``: a task running longer fails with ``TimeoutError`` and
-      its worker is killed with everything it started.
+      its worker is killed with everything it started.  It counts from the
+      task's start, not from its sending to a worker that held it queued ahead.
     * :meth:`kill`: kill the worker running ``future`` (and its tree); the
       task fails with ``WorkerDied``.
     * ``monitor``: the :class:`~syncmon.Monitor` watching the workers (default:
@@ -788,8 +789,12 @@ class ProcessPoolExecutor(Executor):
         """Kill the worker running ``future``, with everything it started.
 
         The task fails with :class:`WorkerDied` once the worker is reaped, and
-        a new worker takes its place.  Returns False (and does nothing) if the
-        task is not running now (queued, done, or not this pool's).
+        a new worker takes its place.  A task queued ahead in a busy worker
+        (RUNNING, as a task in the stdlib's call queue is) is killed the same
+        way when it starts, the moment the task before it answers: the task
+        before it is not harmed, and it may run for an instant first.
+        Returns False (and does nothing) if the task is not running now
+        (queued, done, or not this pool's).
         """
         return self._pool.kill(future)
 

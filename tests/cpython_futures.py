@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -78,6 +79,11 @@ def main(mode: str) -> None:
         # "Children started with other tools"): that fork server then never
         # reaps its children, and a Manager's shutdown waits for its dead
         # process forever.  That is what hung this runner after ~17 tests.
+        # The mask must also be unblocked to begin with: this runner is started
+        # from pytest, whose main thread a syncmon Monitor of an earlier test
+        # left with SIGCHLD blocked, and exec keeps the mask (what hung this
+        # runner after tests/test_process_pool.py in the same pytest run).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
         starter = threading.Thread(target=syncmon.default_monitor)
         starter.start()
         starter.join()
