@@ -193,7 +193,7 @@ class PoolRun:
         """SIGKILL one ready worker of the pool's, recording who it is first."""
         inner = self.pool._pool
         ready = [w for w in list(inner.workers.values()) if w.ready]
-        busy = [w for w in ready if w.task is not None]
+        busy = [w for w in ready if w.tasks]
         choices = ready if rng.random() < IDLE_KILL_SHARE else busy
         if not choices:
             return

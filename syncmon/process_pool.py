@@ -5,7 +5,7 @@ sentinel) and cannot tell which task the worker was running, so it fails
 them all and breaks.  Here every worker is our own child, forked by a
 :class:`~syncmon.ForkServer` and watched by our monitor through a pidfd from
 birth: its death, with its true status, reaches the pool the moment it is
-reaped, and the pool knows the one task it had sent that worker.
+reaped, and the pool knows which task that worker was running.
 
 Threads: one I/O thread per pool (``syncmon-process-pool``) owns the sockets,
 the buffers and the workers; it sleeps in ``select`` (epoll) on the listening
@@ -19,6 +19,21 @@ connection is read to its end *before* its task is failed.  A Unix stream
 socket queues a write in the receiver's buffer before ``write`` returns, so
 everything the worker sent before dying (its last result, say) is there by
 the time the death is reported, and a task that completed is never failed.
+
+Prefetch: a ready worker holds up to :data:`PREFETCH` tasks queued ahead of
+the one it runs, in its socket, so that it starts the next task the moment it
+has sent a result instead of idling for a round trip through the I/O thread
+(which was 93% of a worker's time on tiny tasks).  Which of a worker's tasks
+is running follows from order alone, with no message for it: a worker reads
+and answers its tasks strictly in order, and starts the next one right after
+sending a result, so once everything it sent is read, the first task still
+unanswered is the one it was running and those behind it never started.  The
+one case that rule gets wrong is a worker that dies between sending a result
+and reading the next task (a few microseconds, with the task already in its
+buffer): that task is failed though it never started, as it was before
+prefetch, when the window was a whole round trip.  A task's ``task_timeout``
+counts from when it starts: from its sending to an idle worker, or for a task
+queued ahead, from the arrival of the result before it.
 """
 
 from __future__ import annotations
@@ -68,6 +83,10 @@ _RETRY_SECONDS = 0.1
 #: a pool over a moment of pid famine (the stress scenario ``pool`` did).
 FORK_RETRY_SECONDS = 30.0
 _TRANSIENT_FORK_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+#: Tasks a busy worker holds queued ahead of the one it runs.  Only when no
+#: worker is idle or starting and the pool cannot grow: a task queued behind a
+#: long one would otherwise wait while another worker could run it.
+PREFETCH = 1
 
 
 class WorkerDied(BrokenProcessPool):
@@ -94,7 +113,9 @@ class _Task:
         self.call = call
         self.worker: _Worker | None = None
         self.deadline: float | None = None
-        self.killed = False  # by kill(future): fails with WorkerDied at the death
+        # By kill(future): its worker is killed once it runs (at once if it
+        # does now, else when the result before it arrives); fails with WorkerDied.
+        self.killed = False
 
 
 class _Worker:
@@ -108,7 +129,13 @@ class _Worker:
         self.outbox = bytearray()
         self.ready = False
         self.init_error: str | None = None
-        self.task: _Task | None = None  # guarded by the pool's _lock
+        # Sent and unanswered, in order: the first is running, the rest are
+        # queued ahead in its socket (see the module's docstring).  Guarded by
+        # the pool's _lock.  A task that timed out stays first (its future
+        # failed) until its worker's death, so that a late result still
+        # lines up with the task it answers.
+        self.tasks: collections.deque[_Task] = collections.deque()
+        self.sent = 0  # tasks ever sent: at most max_tasks_per_child
         self.retiring = False  # max_tasks_per_child reached, or killed: no more tasks
         self.lost = False  # its connection ended: it is dying, whatever it was doing
         self.done_tasks = 0
@@ -199,6 +226,8 @@ class _Pool:
         return future
 
     def kill(self, future: Future[Any]) -> bool:
+        """A task queued ahead in a worker is not killed now, which would kill the
+        task that worker runs; its worker is killed when it starts (_on_result)."""
         with self._lock:
             task = self.tasks.get(future)
             worker = None if task is None else task.worker
@@ -206,17 +235,23 @@ class _Pool:
                 return False
             task.killed = True
             worker.retiring = True
-        worker.kill_tree()
+            running = worker.tasks[0] is task
+        if running:
+            worker.kill_tree()
         return True
 
     def begin_shutdown(self, cancel_futures: bool) -> None:
         with self._lock:
             self.shutting_down = True
             if cancel_futures:
-                while self.queue:
-                    task = self.queue.popleft()
-                    del self.tasks[task.future]
-                    task.future.cancel()
+                # A task back from a dead worker's prefetch is RUNNING (it was
+                # sent): it runs, as a task in the stdlib's call queue does.
+                queued, self.queue = self.queue, collections.deque()
+                for task in queued:
+                    if task.future.cancel():
+                        del self.tasks[task.future]
+                    else:
+                        self.queue.append(task)
         self.wake()
 
     def wake(self) -> None:
@@ -254,12 +289,12 @@ class _Pool:
         with self._lock:
             if not self.shutting_down or self.queue:
                 return False
-            return all(w.task is None for w in self.workers.values())
+            return all(not w.tasks for w in self.workers.values())
 
     def _next_timeout(self) -> float | None:
         with self._lock:
-            deadlines = [w.task.deadline for w in self.workers.values()
-                         if w.task is not None and w.task.deadline is not None]
+            deadlines = [w.tasks[0].deadline for w in self.workers.values()
+                         if w.tasks and w.tasks[0].deadline is not None]
         if self.start_failed:
             deadlines.append(time.monotonic() + _RETRY_SECONDS)  # try again soon, not never
         return None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
@@ -331,17 +366,29 @@ class _Pool:
         elif kind == wire.INIT_FAILED:
             worker.init_error = message[1]
         else:
-            _, ok, value = message
-            with self._lock:
-                task = worker.task
-                if task is None or task.id != kind:
-                    return  # timed out meanwhile: its future has failed already
-                worker.task = None
-                del self.tasks[task.future]
-            worker.done_tasks += 1
-            if self.max_tasks is not None and worker.done_tasks >= self.max_tasks:
-                worker.retiring = True
+            self._on_result(worker, kind, *message[1:])
+
+    def _on_result(self, worker: _Worker, task_id: int, ok: bool, value: Any) -> None:
+        """The running task's answer; the worker has started the next one already."""
+        with self._lock:
+            task = worker.tasks.popleft()
+            assert task.id == task_id, "a worker answers its tasks in order"
+            pending = self.tasks.pop(task.future, None) is not None  # else: timed out
+            started = worker.tasks[0] if worker.tasks else None
+            if started is not None:
+                self._start_clock(started)
+        worker.done_tasks += 1
+        if self.max_tasks is not None and worker.done_tasks >= self.max_tasks:
+            worker.retiring = True
+        if started is not None and started.killed:
+            worker.kill_tree()
+        if pending:
             _settle(task.future, ok, value)
+
+    def _start_clock(self, task: _Task) -> None:
+        """``task`` starts running now; call with _lock held."""
+        if self.task_timeout is not None:
+            task.deadline = time.monotonic() + self.task_timeout
 
     def _flush(self, worker: _Worker) -> None:
         assert worker.sock is not None
@@ -385,16 +432,35 @@ class _Pool:
         self.ended.append(worker)
         worker.kill_tree()  # what it started dies with it (sound with a cgroup)
         with self._lock:
-            task, worker.task = worker.task, None
-            if task is not None:
-                self.tasks.pop(task.future, None)
-        if task is not None:
+            sent = list(worker.tasks)
+            worker.tasks.clear()
+            failed = self._take_back(sent[1:])
+            if sent and self.tasks.pop(sent[0].future, None) is not None:  # else: timed out
+                failed.insert(0, sent[0])
+        for task in failed:
             detail = " (killed by ProcessPoolExecutor.kill)" if task.killed else ""
             task.future.set_exception(WorkerDied(worker.handle.pid, state, detail))
-        elif not worker.ready:
+        if sent:
+            return  # it died running a task: that task fails, not the pool
+        if not worker.ready:
             self._startup_failed(worker, state)
         elif not worker.retiring:
             _logger.warning("syncmon.ProcessPoolExecutor: idle worker %s; starting another", state)
+
+    def _take_back(self, unstarted: list[_Task]) -> list[_Task]:
+        """A dead worker's tasks queued ahead (never started: see the module's
+        docstring) go back to the front of the queue in order, to run
+        elsewhere; those that kill() was asked to kill are returned, to fail
+        instead.  Call with _lock held."""
+        killed = [task for task in unstarted if task.killed]
+        for task in reversed(unstarted):
+            if not task.killed:
+                task.worker = None
+                task.deadline = None
+                self.queue.appendleft(task)
+        for task in killed:
+            del self.tasks[task.future]
+        return killed
 
     def _startup_failed(self, worker: _Worker, state: ChildState | None) -> None:
         self.startup_failures += 1
@@ -414,7 +480,7 @@ class _Pool:
             for task in queued:
                 del self.tasks[task.future]
         for task in queued:
-            if task.future.set_running_or_notify_cancel():
+            if task.future.running() or task.future.set_running_or_notify_cancel():
                 task.future.set_exception(BrokenProcessPool(str(error)))
 
     def _expire(self) -> None:
@@ -422,9 +488,9 @@ class _Pool:
         expired = []
         with self._lock:
             for worker in self.workers.values():
-                task = worker.task
+                task = worker.tasks[0] if worker.tasks else None
                 if task is not None and task.deadline is not None and task.deadline <= now:
-                    worker.task = None
+                    task.deadline = None  # stays first: see _Worker.tasks
                     worker.retiring = True
                     del self.tasks[task.future]
                     expired.append((worker, task))
@@ -439,27 +505,48 @@ class _Pool:
     # --- work ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        for worker in list(self.workers.values()):
-            if not worker.ready or worker.retiring or worker.sock is None:
-                continue
-            with self._lock:
-                if worker.task is not None:
-                    continue
-                task = self._next_task()
-                if task is None:
+        """A task to every idle worker; then, if the pool is all busy and at its
+        size, up to PREFETCH more to each worker, queued ahead."""
+        for depth in range(1, 2 + PREFETCH):
+            if depth > 1 and not self._all_busy():
+                return
+            for worker in list(self.workers.values()):
+                if not self._send_task(worker, depth):
                     return
-                worker.task = task
-                task.worker = worker
-                if self.task_timeout is not None:
-                    task.deadline = time.monotonic() + self.task_timeout
-            worker.outbox += wire.frame((task.id, task.call))
-            self._flush(worker)
+
+    def _send_task(self, worker: _Worker, depth: int) -> bool:
+        """Send ``worker`` the next task if it holds fewer than ``depth``; False
+        when no task is left to send."""
+        if not worker.ready or worker.retiring or worker.sock is None:
+            return True
+        if self.max_tasks is not None and worker.sent >= self.max_tasks:
+            return True  # it exits after that many: more would be lost with it
+        with self._lock:
+            if len(worker.tasks) >= depth:
+                return True
+            task = self._next_task()
+            if task is None:
+                return False
+            task.worker = worker
+            if not worker.tasks:
+                self._start_clock(task)
+            worker.tasks.append(task)
+        worker.sent += 1
+        worker.outbox += wire.frame((task.id, task.call))
+        self._flush(worker)
+        return True
+
+    def _all_busy(self) -> bool:
+        """No worker idle or starting, and no room for another."""
+        usable = [w for w in self.workers.values() if not (w.retiring or w.lost)]
+        return len(usable) >= self.max_workers and all(w.ready and w.tasks for w in usable)
 
     def _next_task(self) -> _Task | None:
-        """The next task that was not cancelled; call with _lock held."""
+        """The next task that was not cancelled; call with _lock held.  A task
+        taken back from a dead worker is RUNNING already."""
         while self.queue:
             task = self.queue.popleft()
-            if task.future.set_running_or_notify_cancel():
+            if task.future.running() or task.future.set_running_or_notify_cancel():
                 return task
             del self.tasks[task.future]
         return None
@@ -472,7 +559,7 @@ class _Pool:
                     return
                 waiting = len(self.queue)
             usable = [w for w in self.workers.values() if not (w.retiring or w.lost)]
-            available = sum(1 for w in usable if w.task is None)
+            available = sum(1 for w in usable if not w.tasks)
             # A worker that died before it was ready counts until it is
             # buried: its death is a startup failure, and a replacement forked
             # before that is counted is one worker too many when the pool then
@@ -647,7 +734,8 @@ class ProcessPoolExecutor(Executor):
       like multiprocessing's "forkserver" method), never copies of this process.
     * ``preload``: modules the fork server imports once, so workers start warm.
     * ``task_timeout``: a task running longer fails with ``TimeoutError`` and
-      its worker is killed with everything it started.
+      its worker is killed with everything it started.  It counts from the
+      task's start, not from its sending to a worker that held it queued ahead.
     * :meth:`kill`: kill the worker running ``future`` (and its tree); the
       task fails with ``WorkerDied``.
     * ``monitor``: the :class:`~syncmon.Monitor` watching the workers (default:
@@ -707,8 +795,12 @@ class ProcessPoolExecutor(Executor):
         """Kill the worker running ``future``, with everything it started.
 
         The task fails with :class:`WorkerDied` once the worker is reaped, and
-        a new worker takes its place.  Returns False (and does nothing) if the
-        task is not running now (queued, done, or not this pool's).
+        a new worker takes its place.  A task queued ahead in a busy worker
+        (RUNNING, as a task in the stdlib's call queue is) is killed the same
+        way when it starts, the moment the task before it answers: the task
+        before it is not harmed, and it may run for an instant first.
+        Returns False (and does nothing) if the task is not running now
+        (queued, done, or not this pool's).
         """
         return self._pool.kill(future)
 

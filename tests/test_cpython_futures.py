@@ -34,7 +34,8 @@ BY_DESIGN = {
     # The stdlib hands max_workers + 1 tasks to its call queue at once, and
     # those run even with cancel_futures=True; here every task not yet
     # running is cancelled (the documented meaning), and right after
-    # submit() the workers are still starting, so all 50 are.
+    # submit() the workers are still starting, so all 50 are.  (A task
+    # queued ahead in a busy worker is RUNNING and runs, as in the stdlib.)
     "ProcessPoolForkserverProcessPoolShutdownTest.test_cancel_futures": "cancels every task not yet running",
     # Runs the *stdlib* pool in a child interpreter that imports
     # test.test_concurrent_futures; where this Python ships without it (the

@@ -418,6 +418,76 @@ def test_kill_fails_that_task_with_worker_died(mon, tmp_path):
         assert pool.kill(victim) is False
 
 
+# --- tasks queued ahead in a busy worker (prefetch) ----------------------------------
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def prefetched(running: concurrent.futures.Future, ahead: concurrent.futures.Future) -> bool:
+    """``ahead`` went to the worker running ``running`` (one worker: the only
+    place a RUNNING future can be while the other has not finished)."""
+    return eventually(ahead.running, timeout=30) and not running.done()
+
+
+def test_a_worker_dying_with_a_task_queued_ahead_fails_only_the_running_one(mon, tmp_path):
+    path = str(tmp_path / "pid")
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        victim = pool.submit(wait_for_file, path)
+        ahead = pool.submit(pid_of_worker)
+        behind = pool.submit(pid_of_worker)
+        pid = running_pid(path)
+        assert prefetched(victim, ahead)
+        os.kill(pid, signal.SIGKILL)
+        error = victim.exception(timeout=30)
+        assert isinstance(error, WorkerDied) and error.pid == pid
+        # Sent but never started: it ran in the next worker, before the task behind it.
+        assert ahead.result(timeout=30) != pid
+        assert behind.result(timeout=30) == ahead.result()
+
+
+def test_task_timeout_counts_from_the_start_not_from_the_prefetch(mon):
+    with ProcessPoolExecutor(1, monitor=mon, task_timeout=3) as pool:
+        first = pool.submit(sleep_then_pid, 2)
+        second = pool.submit(sleep_then_pid, 2)
+        third = pool.submit(sleep_then, 60, "late")
+        assert eventually(first.running, timeout=30)
+        assert prefetched(first, second)
+        # second waited 2 s in the worker, then ran 2 s: 4 s from its sending,
+        # within its 3 s from its start.
+        pid = first.result(timeout=30)
+        assert second.result(timeout=30) == pid
+        # A task queued ahead is still timed once it runs.
+        with pytest.raises(TimeoutError, match="task_timeout"):
+            third.result(timeout=30)
+        assert pool.submit(double, 4).result(timeout=30) == 8
+
+
+def test_kill_of_a_task_queued_ahead_spares_the_running_one(mon):
+    with ProcessPoolExecutor(1, monitor=mon) as pool:
+        running = pool.submit(sleep_then_pid, 1.5)
+        doomed = pool.submit(sleep_then, 60, "never")
+        assert eventually(running.running, timeout=30)
+        assert prefetched(running, doomed)
+        assert pool.kill(doomed) is True
+        # The worker is killed only when the doomed task starts.
+        pid = running.result(timeout=30)
+        error = doomed.exception(timeout=30)
+        assert isinstance(error, WorkerDied) and error.pid == pid and "kill" in str(error)
+        assert error.state.code is CLD.KILLED and error.state.status == signal.SIGKILL
+        assert pool.submit(pid_of_worker).result(timeout=30) != pid
+
+
+def test_max_tasks_per_child_is_never_exceeded_by_prefetch(mon):
+    with ProcessPoolExecutor(1, monitor=mon, max_tasks_per_child=2) as pool:
+        futures = [pool.submit(sleep_then_pid, 0.05) for _ in range(12)]
+        pids = [f.result(timeout=60) for f in futures]
+    # In order, two per worker: nothing was sent to a worker beyond its last task.
+    assert all(pids[i] == pids[i + 1] for i in range(0, 12, 2))
+    assert len(set(pids)) == 6
+
+
 def test_task_timeout_kills_the_worker_and_the_pool_carries_on(mon):
     with ProcessPoolExecutor(1, monitor=mon, task_timeout=0.5) as pool:
         slow = pool.submit(sleep_then, 60, "late")
@@ -560,12 +630,16 @@ def test_shutdown_runs_queued_tasks(mon):
 
 def test_shutdown_cancel_futures(mon):
     pool = ProcessPoolExecutor(1, monitor=mon)
-    first = pool.submit(sleep_then, 0.5, "first")
+    first = pool.submit(sleep_then, 2, "first")
     assert eventually(first.running, timeout=30)
     rest = [pool.submit(double, n) for n in range(10)]
+    # The task queued ahead in the busy worker is RUNNING, as a task in the
+    # stdlib's call queue is: it runs; the others are cancelled.
+    assert eventually(rest[0].running, timeout=30) and not first.done()
     pool.shutdown(wait=True, cancel_futures=True)
     assert first.result(timeout=0) == "first"
-    assert all(f.cancelled() for f in rest)
+    assert rest[0].result(timeout=0) == 0
+    assert all(f.cancelled() for f in rest[1:])
 
 
 def test_shutdown_without_wait_leaves_nothing_behind(mon):
