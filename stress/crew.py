@@ -15,12 +15,16 @@ Why not start threads per scenario:
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 from stress import procfs
+
+T = TypeVar("T")
 
 
 class Crew:
@@ -46,3 +50,31 @@ class Crew:
 def _tid_after(gate: threading.Barrier) -> int:
     gate.wait()
     return threading.get_native_id()
+
+
+class PerRun(Generic[T]):
+    """One object per scenario run, shared by the crew threads that run it: made by
+    the first thread in, ended by the last one out (a fork server, a pool, the
+    bystanders: our children, which left running would count as left behind)."""
+
+    def __init__(self, make: Callable[[Any], T], end: Callable[[T], None]) -> None:
+        self._make = make
+        self._end = end
+        self._lock = threading.Lock()
+        self._shared: dict[int, tuple[T, int]] = {}  # id(run) -> (object, threads using it)
+
+    @contextlib.contextmanager
+    def use(self, run: Any) -> Iterator[T]:
+        with self._lock:
+            entry = self._shared.get(id(run))
+            shared, users = (self._make(run), 0) if entry is None else entry
+            self._shared[id(run)] = (shared, users + 1)
+        try:
+            yield shared
+        finally:
+            with self._lock:
+                shared, users = self._shared.pop(id(run))
+                if users > 1:
+                    self._shared[id(run)] = (shared, users - 1)
+            if users == 1:
+                self._end(shared)

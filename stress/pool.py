@@ -38,7 +38,6 @@ cause an error.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import random
@@ -50,8 +49,9 @@ import time
 import zlib
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
+from stress.crew import PerRun
 from stress.subjects import Fate, exited, killed
 
 MAX_WORKERS = 3
@@ -232,27 +232,9 @@ class PoolRun:
                 self.run.record(who.pid)
 
 
-_pool_runs: dict[int, tuple[PoolRun, int]] = {}
-_pool_runs_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _shared(run: Any) -> Iterator[PoolRun]:
-    """One PoolRun per run; the last thread out shuts the pool down (its workers and
-    fork server are our children: left running they would count as left behind)."""
-    with _pool_runs_lock:
-        shared, users = _pool_runs.get(id(run), (None, 0))
-        shared = shared or PoolRun(run)
-        _pool_runs[id(run)] = (shared, users + 1)
-    try:
-        yield shared
-    finally:
-        with _pool_runs_lock:
-            shared, users = _pool_runs.pop(id(run))
-            if users > 1:
-                _pool_runs[id(run)] = (shared, users - 1)
-        if users == 1:
-            shared.close()
+#: One PoolRun per run; the last thread out shuts the pool down (its workers and
+#: fork server are our children: left running they would count as left behind).
+_pool_runs: PerRun[PoolRun] = PerRun(PoolRun, PoolRun.close)
 
 
 def pool(run: Any, rng: random.Random) -> None:
@@ -260,7 +242,7 @@ def pool(run: Any, rng: random.Random) -> None:
     if getattr(run.subject, "_monitor", None) is None:
         run.tally.skipped = "needs a syncmon subject"
         return
-    with _shared(run) as shared:
+    with _pool_runs.use(run) as shared:
         if shared.take_killer():
             while run.going():
                 time.sleep(rng.uniform(*KILL_GAP))

@@ -19,7 +19,6 @@ crew until the run's budget (seconds, children) is spent.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import random
@@ -27,12 +26,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from stress import pool, trees
+from stress.crew import PerRun
 from stress.config import RESERVED_PIDS, Config
 from stress.subjects import (
     CONTINUED,
@@ -438,7 +438,7 @@ def forkserver(run: Run, rng: random.Random) -> None:
     import syncmon
     from stress.subjects import SyncmonHandle
 
-    with _shared_server(run, monitor) as server:
+    with _servers.use(run) as server:
         while run.going():
             code = rng.randrange(256)
 
@@ -458,30 +458,15 @@ def _through_server(server: Any, code: int, rng: random.Random) -> Any:
     return server.fork(os._exit, code)
 
 
-_servers: dict[int, tuple[object, int]] = {}
-_servers_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _shared_server(run: Run, monitor: object) -> Iterator[Any]:
-    """One ForkServer per run, started by the first thread in, closed by the last one out
-    (the server is a child of ours: left running it would count as left behind)."""
+def _fork_server(run: Run) -> Any:
     import syncmon
 
-    with _servers_lock:
-        server, users = _servers.get(id(run), (None, 0))
-        if server is None:
-            server = syncmon.ForkServer(monitor=monitor)  # type: ignore[arg-type]
-        _servers[id(run)] = (server, users + 1)
-    try:
-        yield server
-    finally:
-        with _servers_lock:
-            server, users = _servers.pop(id(run))
-            if users > 1:
-                _servers[id(run)] = (server, users - 1)
-        if users == 1:
-            server.close()  # type: ignore[attr-defined]
+    return syncmon.ForkServer(monitor=run.subject._monitor)  # type: ignore[attr-defined]  # a SyncmonSubject
+
+
+#: One ForkServer per run, started by the first thread in, closed by the last one
+#: out (the server is a child of ours: left running it would count as left behind).
+_servers: PerRun[Any] = PerRun(_fork_server, lambda server: server.close())
 
 
 @dataclass(frozen=True)

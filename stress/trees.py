@@ -39,6 +39,7 @@ import time
 from collections.abc import Collection
 from typing import Any, Protocol
 
+from stress.crew import PerRun
 from stress.subjects import Fate, Outcome, exited, killed
 
 ROOT_SCRIPT = r"""
@@ -291,26 +292,8 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-_tree_runs: dict[int, tuple[TreeRun, int]] = {}
-_tree_runs_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _shared(run: Any) -> Any:
-    """One TreeRun per run; the last thread out retires the bystanders (our children)."""
-    with _tree_runs_lock:
-        shared, users = _tree_runs.get(id(run), (None, 0))
-        shared = shared or TreeRun(run)
-        _tree_runs[id(run)] = (shared, users + 1)
-    try:
-        yield shared
-    finally:
-        with _tree_runs_lock:
-            shared, users = _tree_runs.pop(id(run))
-            if users > 1:
-                _tree_runs[id(run)] = (shared, users - 1)
-        if users == 1:
-            shared.retire_all()
+#: One TreeRun per run; the last thread out retires the bystanders (our children).
+_tree_runs: PerRun[TreeRun] = PerRun(TreeRun, TreeRun.retire_all)
 
 
 def trees(run: Any, rng: random.Random) -> None:
@@ -318,7 +301,7 @@ def trees(run: Any, rng: random.Random) -> None:
     if getattr(run.subject, "_monitor", None) is None and run.subject.name != "contrast":
         run.tally.skipped = "needs a syncmon subject or the contrast"
         return
-    with _shared(run) as shared:
+    with _tree_runs.use(run) as shared:
         while run.going():
             if rng.random() < 0.7:
                 shared.churn(rng)
