@@ -91,8 +91,8 @@ class Registry:
         (``EPOLLPRI``: a cgroup's ``cgroup.events`` when it changed).
 
         Not ``EPOLLIN``: a kernfs file always reports it, so the monitor
-        thread would never sleep, and the rescue look for lost SIGCHLDs,
-        which runs when a wait times out, would never run.
+        thread would never sleep (a core spent on reap passes that find
+        nothing).
         Level-triggered: ``on_ready`` must consume what made ``fd`` ready (read
         the file), or it is called again on every pass.  It runs on the monitor
         thread with no lock of syncmon's held, and must not block.
